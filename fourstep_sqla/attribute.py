@@ -1,0 +1,668 @@
+"""``phased()``: one logical attribute over an old and a new place.
+
+A phased attribute always speaks the **new shape**: a scalar when there is one
+new column, a tuple (or an instance of ``value_type``) when there are several.
+Application code is written once against that shape at step 1; the phase only
+decides where bytes come from and go to::
+
+    from fourstep_sqla import Phase, Transform, phased
+
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        legacy_name: Mapped[str | None] = mapped_column("name")  # old place
+        first_name: Mapped[str | None]                           # new places
+        last_name: Mapped[str | None]
+
+        full_name = phased(
+            old="legacy_name",
+            new=("first_name", "last_name"),
+            forward=Transform(split_name, sql=split_name_sql),
+            backward=Transform(join_name, sql=join_name_sql),
+            phase=Phase.READ_NEW,
+        )
+
+======================  =========================  =====================================
+phase                   writes                     reads
+======================  =========================  =====================================
+``WRITE_BOTH`` (1)      old and new                forward(old)
+``READ_NEW`` (2)        old and new                new, else forward(old) when all new
+                                                   columns are NULL
+``STOP_READ_OLD`` (3)   old and new                new
+``STOP_WRITE_OLD`` (4)  new                        new (old declared ``unmapped_column``)
+======================  =========================  =====================================
+
+Writes that stay dual-written in steps 1-3: instance assignment, constructor
+keyword arguments, ``session.merge``, ``update(Model).values(attr=...)``,
+``insert(Model).values(...)`` (one or many rows), ORM bulk INSERT/UPDATE with
+lists of dictionaries, and direct writes to an old or new column attribute of
+an instance (kept in sync at flush time, see :mod:`fourstep_sqla.sync`).
+
+The attribute is a :class:`sqlalchemy.ext.hybrid.hybrid_property`, so it is
+listed by ``inspect(User).all_orm_descriptors`` and type checkers see
+``select(User.full_name)`` with the value type of the forward transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from sqlalchemy import and_, event, literal, or_, type_coerce
+from sqlalchemy import func as sql_func
+from sqlalchemy.ext.hybrid import Comparator, hybrid_property
+from sqlalchemy.orm import Bundle, ColumnProperty, Mapper
+from sqlalchemy.orm.properties import UnmappedColumn
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql.schema import Column, Table
+
+from .errors import (
+    DeclarationError,
+    OldColumnNotNullError,
+    OldColumnStillMappedError,
+    SQLTransformRequiredError,
+    TransformArityError,
+    TransformError,
+    UnknownColumnError,
+)
+from .phase import Phase, effective_read_phase
+from .transform import Transform
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.operators import OperatorType
+
+__all__ = ["PhasedAttribute", "PhasedSpec", "phased"]
+
+T = TypeVar("T")
+
+#: key in ``InstanceState.info`` recording values written through the attribute
+LOGICAL_WRITES = "fourstep_logical_writes"
+
+
+def _names(value: str | Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        names: tuple[str, ...] = (value,)
+    else:
+        names = tuple(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise DeclarationError(
+            f"phased({what}=...) needs an attribute name or a non-empty sequence of "
+            f"attribute names, got {value!r}"
+        )
+    if len(set(names)) != len(names):
+        raise DeclarationError(f"phased({what}={value!r}) names a column twice")
+    return names
+
+
+def is_sql(value: Any) -> bool:
+    """Whether ``value`` is a SQL expression rather than a literal."""
+    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
+class PhasedSpec:
+    """Everything known about one phased attribute.
+
+    Built by :func:`phased`, bound to its model when the mapper is
+    constructed; the registry, the backfill/verify engine and the Alembic
+    operations all read it.
+    """
+
+    def __init__(
+        self,
+        *,
+        old: tuple[str, ...],
+        new: tuple[str, ...],
+        forward: Transform[Any],
+        backward: Transform[Any],
+        phase: Phase,
+        key: str | None,
+        value_type: Callable[..., Any] | None,
+    ) -> None:
+        self.old = old
+        self.new = new
+        self.forward = forward
+        self.backward = backward
+        self.phase = phase
+        self.explicit_key = key
+        self.value_type = value_type
+        self.name: str | None = None
+        self._owner: weakref.ReferenceType[type] | None = None
+        self._mapper: Mapper[Any] | None = None
+        self.table: Table | None = None
+        #: old column objects (mapped or not), in ``old`` order
+        self.old_columns: tuple[Column[Any], ...] = ()
+        #: new column objects, in ``new`` order
+        self.new_columns: tuple[Column[Any], ...] = ()
+        #: old columns declared with ``unmapped_column()`` found at class creation
+        self._unmapped: dict[str, Column[Any]] = {}
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def owner(self) -> type | None:
+        """The mapped class the attribute is declared on."""
+        return None if self._owner is None else self._owner()
+
+    @property
+    def mapper(self) -> Mapper[Any]:
+        """The mapper of the owning class (available once it is mapped)."""
+        if self._mapper is None:
+            raise DeclarationError(f"{self.describe()} is not mapped yet")
+        return self._mapper
+
+    @property
+    def key(self) -> str:
+        """The registry key: ``"<table>.<attribute>"`` unless given explicitly."""
+        if self.explicit_key:
+            return self.explicit_key
+        if self.table is None or self.name is None:
+            raise DeclarationError(f"{self.describe()} is not mapped yet; it has no key")
+        return f"{self.table.fullname}.{self.name}"
+
+    @property
+    def multi_new(self) -> bool:
+        """Whether the new place has several columns (a tuple-shaped value)."""
+        return len(self.new) > 1
+
+    def describe(self) -> str:
+        owner = self.owner
+        model = owner.__name__ if owner is not None else "<unmapped class>"
+        return f"{model}.{self.name or '<unnamed>'}"
+
+    def __repr__(self) -> str:
+        return f"<PhasedSpec {self.describe()} phase={self.phase.name}>"
+
+    # -- binding ------------------------------------------------------------
+    def set_name(self, owner: type, name: str) -> None:
+        self.name = name
+        self._owner = weakref.ref(owner)
+        for old_name in self.old:
+            declared = owner.__dict__.get(old_name)
+            if isinstance(declared, UnmappedColumn):
+                self._unmapped[old_name] = declared.column
+
+    def bind(self, mapper: Mapper[Any]) -> None:
+        """Resolve column names against ``mapper``; raise on bad declarations."""
+        table = mapper.local_table
+        if not isinstance(table, Table):
+            raise DeclarationError(
+                f"{self.describe()}: phased attributes need a model mapped to a Table, "
+                f"not {table!r}"
+            )
+        self.table = table
+        self._mapper = mapper
+        self.new_columns = tuple(self._mapped_column(mapper, n, "new") for n in self.new)
+        if self.phase.writes_old:
+            self.old_columns = tuple(self._mapped_column(mapper, n, "old") for n in self.old)
+        else:
+            self.old_columns = tuple(self._retired_column(mapper, n) for n in self.old)
+        self._check_arity()
+
+    def _mapped_names(self, mapper: Mapper[Any]) -> str:
+        names = [
+            key for key, prop in mapper._props.items() if isinstance(prop, ColumnProperty)
+        ]
+        return ", ".join(names) or "(none)"
+
+    def _mapped_column(self, mapper: Mapper[Any], name: str, side: str) -> Column[Any]:
+        prop = mapper._props.get(name)
+        if prop is None:
+            hint = ""
+            if side == "old" and name in self._unmapped:
+                hint = (
+                    " It is declared with unmapped_column(), which only step 4 "
+                    "(Phase.STOP_WRITE_OLD) allows: map it with mapped_column() until then."
+                )
+            raise UnknownColumnError(
+                f"{self.describe()}: {side}={name!r} is not a mapped column attribute of "
+                f"{mapper.class_.__name__} (mapped columns: {self._mapped_names(mapper)})."
+                f"{hint} Name the attribute, not the database column."
+            )
+        if not isinstance(prop, ColumnProperty) or len(prop.columns) != 1:
+            raise UnknownColumnError(
+                f"{self.describe()}: {side}={name!r} must be a single-column attribute of "
+                f"{mapper.class_.__name__}, got {prop!r}"
+            )
+        column = prop.columns[0]
+        if not isinstance(column, Column) or column.table is not mapper.local_table:
+            raise UnknownColumnError(
+                f"{self.describe()}: {side}={name!r} must be a column of table "
+                f"{mapper.local_table.description!r}, got {column!r}"
+            )
+        return column
+
+    def _retired_column(self, mapper: Mapper[Any], name: str) -> Column[Any]:
+        model = mapper.class_.__name__
+        if name in mapper._props:
+            raise OldColumnStillMappedError(
+                f"{self.describe()} is at Phase.STOP_WRITE_OLD but its old column "
+                f"{model}.{name} is still mapped, so the ORM keeps selecting and writing "
+                f"it while the DROP runs. Declare it as "
+                f"`{name}: Unmapped[...] = unmapped_column(...)` (SQLAlchemy 2.1.5+)."
+            )
+        table = mapper.local_table
+        assert isinstance(table, Table)
+        column = self._unmapped.get(name)
+        if column is None:
+            column = table.c.get(name)
+        if column is None:
+            raise UnknownColumnError(
+                f"{self.describe()}: old={name!r} is neither mapped nor declared on "
+                f"{model}. At Phase.STOP_WRITE_OLD keep it in the table with "
+                f"`{name}: Unmapped[...] = unmapped_column(...)` until the drop has run."
+            )
+        if not column.nullable and column.server_default is None and not column.primary_key:
+            raise OldColumnNotNullError(
+                f"{self.describe()} is at Phase.STOP_WRITE_OLD, which stops writing "
+                f"{table.description}.{column.name}, but that column is NOT NULL without a "
+                f"server default: every INSERT would fail. Relax it first (step 1 does: "
+                f"ALTER COLUMN {column.name} DROP NOT NULL), declare it nullable=True, "
+                f"or give it a server_default."
+            )
+        return column
+
+    def _check_arity(self) -> None:
+        for label, transform, count, source in (
+            ("forward", self.forward, len(self.old), "old"),
+            ("backward", self.backward, len(self.new), "new"),
+        ):
+            if not transform.accepts(count):
+                raise TransformArityError(
+                    f"{self.describe()}: the {label} transform {transform.name!r} must take "
+                    f"{count} positional argument(s), one per {source} column "
+                    f"({', '.join(getattr(self, source))}); change its signature or the "
+                    f"{source}= names."
+                )
+
+    # -- values in Python ---------------------------------------------------
+    def forward_values(self, old_values: Sequence[Any], row: Any = None) -> tuple[Any, ...]:
+        """``forward(*old)`` as a tuple of new column values (Python)."""
+        return self._apply(self.forward, old_values, len(self.new), "forward", row)
+
+    def backward_values(self, new_values: Sequence[Any], row: Any = None) -> tuple[Any, ...]:
+        """``backward(*new)`` as a tuple of old column values (Python)."""
+        return self._apply(self.backward, new_values, len(self.old), "backward", row)
+
+    def _apply(
+        self, transform: Transform[Any], values: Sequence[Any], width: int, label: str, row: Any
+    ) -> tuple[Any, ...]:
+        if all(v is None for v in values):
+            return (None,) * width
+        try:
+            result = transform.python(*values)
+        except Exception as exc:
+            where = f" for row {row!r}" if row is not None else ""
+            raise TransformError(
+                f"{self.describe()}: the {label} transform {transform.name!r} raised "
+                f"{type(exc).__name__}: {exc} on {tuple(values)!r}{where}"
+            ) from exc
+        return self._widen(result, width, transform, label)
+
+    def _widen(
+        self, result: Any, width: int, transform: Transform[Any], label: str
+    ) -> tuple[Any, ...]:
+        if width == 1:
+            return (result,)
+        if result is None:
+            return (None,) * width
+        try:
+            values = tuple(result)
+        except TypeError:
+            values = ()
+        if len(values) != width:
+            raise TransformError(
+                f"{self.describe()}: the {label} transform {transform.name!r} must return "
+                f"a tuple of {width} values, got {result!r}"
+            )
+        return values
+
+    def shape(self, new_values: Sequence[Any]) -> Any:
+        """The logical value for new column values."""
+        if not self.multi_new:
+            return new_values[0]
+        if all(v is None for v in new_values):
+            return None
+        if self.value_type is not None:
+            return self.value_type(*new_values)
+        return tuple(new_values)
+
+    def unshape(self, value: Any) -> tuple[Any, ...]:
+        """New column values for a logical value (the inverse of :meth:`shape`)."""
+        if not self.multi_new:
+            return (value,)
+        if value is None:
+            return (None,) * len(self.new)
+        composite = getattr(value, "__composite_values__", None)
+        if composite is not None:
+            values = tuple(composite())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            values = tuple(getattr(value, f.name) for f in dataclasses.fields(value))
+        elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+            values = tuple(value)
+        else:
+            values = ()
+        if len(values) != len(self.new):
+            raise TransformError(
+                f"{self.describe()} holds {len(self.new)} values "
+                f"({', '.join(self.new)}); got {value!r}. Assign a tuple"
+                + (f" or a {self.value_type.__name__}" if self.value_type is not None else "")
+                + f" of {len(self.new)} values, or None."
+            )
+        return values
+
+    # -- values in SQL ------------------------------------------------------
+    def require_sql(self, transform: Transform[Any], purpose: str) -> Callable[..., Any]:
+        if transform.sql is None:
+            label = "forward" if transform is self.forward else "backward"
+            raise SQLTransformRequiredError(
+                f"{self.describe()}: {purpose} needs the SQL form of the {label} transform "
+                f"{transform.name!r}, which has none. Give it one "
+                f"(Transform({transform.name}, sql=...)), or at this phase filter and "
+                f"sort on the columns themselves."
+            )
+        return transform.sql
+
+    def forward_sql(self, old: Sequence[Any], purpose: str) -> tuple[ColumnElement[Any], ...]:
+        """``forward.sql(*old)`` as a tuple of expressions, one per new column."""
+        sql = self.require_sql(self.forward, purpose)
+        result = self._widen(sql(*old), len(self.new), self.forward, "forward (SQL)")
+        return tuple(
+            type_coerce(expr, col.type) for expr, col in zip(result, self.new_columns)
+        )
+
+    def backward_sql(self, new: Sequence[Any], purpose: str) -> tuple[Any, ...]:
+        """``backward.sql(*new)`` as a tuple of expressions, one per old column."""
+        sql = self.require_sql(self.backward, purpose)
+        args = [
+            v if is_sql(v) else literal(v, type_=col.type)
+            for v, col in zip(new, self.new_columns)
+        ]
+        return self._widen(sql(*args), len(self.old), self.backward, "backward (SQL)")
+
+
+class PhasedAttribute(hybrid_property[T], Generic[T]):
+    """The descriptor :func:`phased` returns: a hybrid property with a spec.
+
+    Instance access returns the logical value; class access returns a SQL
+    expression that follows the read phase (see :mod:`fourstep_sqla.phase`).
+    """
+
+    _fourstep: PhasedSpec
+
+    @property
+    def spec(self) -> PhasedSpec:
+        """The :class:`PhasedSpec` behind this attribute."""
+        return self._fourstep
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # hybrid_property finds its own name through ``__name__`` in the MRO
+        self.__name__ = name
+        self._fourstep.set_name(owner, name)
+
+    def _copy(self, **kw: Any) -> hybrid_property[T]:
+        copied = super()._copy(**kw)
+        copied._fourstep = self._fourstep  # type: ignore[attr-defined]
+        return copied
+
+
+class _PhasedBundle(Bundle[Any]):
+    """Selects the new columns of a multi-column attribute as one value."""
+
+    spec: PhasedSpec
+
+    def create_row_processor(self, query: Any, procs: Any, labels: Any) -> Any:
+        shape = self.spec.shape
+
+        def proc(row: Any) -> Any:
+            return shape([p(row) for p in procs])
+
+        return proc
+
+
+class PhasedComparator(Comparator[Any]):
+    """Class-level behaviour of a phased attribute at one read phase."""
+
+    def __init__(self, spec: PhasedSpec, cls: Any, phase: Phase) -> None:
+        self.spec = spec
+        self.cls = cls
+        self.phase = phase
+        self._built: tuple[tuple[ColumnElement[Any], ...], tuple[ColumnElement[Any], ...]] | None
+        self._built = None
+
+    # the parts: new column expressions and forward(old) expressions
+    def _parts(self) -> tuple[tuple[ColumnElement[Any], ...], tuple[ColumnElement[Any], ...]]:
+        if self._built is None:
+            spec, cls = self.spec, self.cls
+            new = tuple(getattr(cls, n).__clause_element__() for n in spec.new)
+            fwd: tuple[ColumnElement[Any], ...] = ()
+            if self.phase.reads_old:
+                old = tuple(getattr(cls, n).__clause_element__() for n in spec.old)
+                fwd = spec.forward_sql(
+                    old, f"reading it in SQL at {self.phase.name} (select, where, order_by)"
+                )
+            self._built = (new, fwd)
+        return self._built
+
+    def value_columns(self) -> tuple[ColumnElement[Any], ...]:
+        """One expression per new column giving the value read at this phase."""
+        new, fwd = self._parts()
+        if self.phase is Phase.WRITE_BOTH:
+            return fwd
+        if self.phase is Phase.READ_NEW:
+            if len(new) == 1:
+                return (type_coerce(sql_func.coalesce(new[0], fwd[0]), new[0].type),)
+            from sqlalchemy import case
+
+            none_written = and_(*(c.is_(None) for c in new))
+            return tuple(
+                type_coerce(case((none_written, f), else_=n), n.type) for n, f in zip(new, fwd)
+            )
+        return new
+
+    def __clause_element__(self) -> Any:
+        columns = self.value_columns()
+        if not self.spec.multi_new:
+            return columns[0]
+        bundle = _PhasedBundle(
+            self.spec.name or "value",
+            *(c.label(n) for c, n in zip(columns, self.spec.new)),
+        )
+        bundle.spec = self.spec
+        return bundle.__clause_element__()  # type: ignore[no-untyped-call]
+
+    # -- comparisons --------------------------------------------------------
+    def _equal(self, other: Any) -> ColumnElement[bool]:
+        values = self.spec.unshape(other)
+        if self.phase is not Phase.READ_NEW:
+            return and_(*(c == v for c, v in zip(self.value_columns(), values)))
+        # index-friendly: new = :v OR (new IS NULL AND forward(old) = :v)
+        new, fwd = self._parts()
+        new_match = and_(*(c == v for c, v in zip(new, values)))
+        fallback = and_(
+            *(c.is_(None) for c in new), *(f == v for f, v in zip(fwd, values))
+        )
+        if all(v is None for v in values):
+            return fallback
+        return or_(new_match, fallback)
+
+    def _in(self, other: Any) -> ColumnElement[bool]:
+        if is_sql(other) or self.spec.multi_new:
+            if self.spec.multi_new:
+                return or_(*(self._equal(v) for v in other))
+            return self.value_columns()[0].in_(other)
+        values = list(other)
+        if self.phase is not Phase.READ_NEW:
+            return self.value_columns()[0].in_(values)
+        (new,), (fwd,) = self._parts()
+        return or_(new.in_(values), and_(new.is_(None), fwd.in_(values)))
+
+    def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> ColumnElement[Any]:
+        if op is operators.eq and len(other) == 1 and not is_sql(other[0]):
+            return self._equal(other[0])
+        if op is operators.in_op and len(other) == 1:
+            return self._in(other[0])
+        if self.spec.multi_new:
+            if op is operators.ne and len(other) == 1:
+                return ~self._equal(other[0])
+            raise TransformError(
+                f"{self.spec.describe()} spans {len(self.spec.new)} columns "
+                f"({', '.join(self.spec.new)}): only ==, != and in_() compare it as a whole; "
+                f"use the columns for other operators"
+            )
+        return op(self.value_columns()[0], *other, **kwargs)  # type: ignore[no-any-return]
+
+    def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> ColumnElement[Any]:
+        if self.spec.multi_new:
+            raise TransformError(
+                f"{self.spec.describe()} spans several columns; compare it as "
+                f"`{self.spec.describe()} == value`"
+            )
+        return op(other, self.value_columns()[0], **kwargs)  # type: ignore[no-any-return]
+
+
+def phased(
+    *,
+    old: str | Sequence[str],
+    new: str | Sequence[str],
+    forward: Transform[T],
+    backward: Transform[Any],
+    phase: Phase | int,
+    key: str | None = None,
+    value_type: Callable[..., T] | None = None,
+) -> PhasedAttribute[T]:
+    """Declare a phased attribute that moves data from ``old`` to ``new``.
+
+    :param old: attribute name(s) of the old column(s).
+    :param new: attribute name(s) of the new column(s).
+    :param forward: old value(s) -> new value(s).
+    :param backward: new value(s) -> old value(s).
+    :param phase: the step this release is at (:class:`Phase`).
+    :param key: registry key; default ``"<table>.<attribute>"``.
+    :param value_type: with several new columns, a class built from the new
+        values positionally (a named tuple, a dataclass); default ``tuple``.
+    """
+    if not isinstance(forward, Transform) or not isinstance(backward, Transform):
+        raise DeclarationError(
+            "phased(forward=..., backward=...) take Transform objects, e.g. "
+            "Transform(split_name, sql=split_name_sql) or Transform.identity()"
+        )
+    try:
+        phase = Phase(phase)
+    except ValueError:
+        raise DeclarationError(f"phased(phase={phase!r}) is not a Phase (1-4)") from None
+    old_names = _names(old, "old")
+    new_names = _names(new, "new")
+    overlap = set(old_names) & set(new_names)
+    if overlap:
+        raise DeclarationError(
+            f"phased(): {', '.join(sorted(overlap))} is both old and new; the old and "
+            f"new places must be different columns"
+        )
+    if value_type is not None and len(new_names) == 1:
+        raise DeclarationError("phased(value_type=...) only applies to several new columns")
+    spec = PhasedSpec(
+        old=old_names,
+        new=new_names,
+        forward=forward,
+        backward=backward,
+        phase=phase,
+        key=key,
+        value_type=value_type,
+    )
+
+    def fget(obj: Any) -> Any:
+        read = effective_read_phase(spec)
+        if read is Phase.WRITE_BOTH:
+            return spec.shape(spec.forward_values([getattr(obj, n) for n in spec.old]))
+        values = [getattr(obj, n) for n in spec.new]
+        if read is Phase.READ_NEW and all(v is None for v in values):
+            return spec.shape(spec.forward_values([getattr(obj, n) for n in spec.old]))
+        return spec.shape(values)
+
+    def fset(obj: Any, value: Any) -> None:
+        from sqlalchemy import inspect as sa_inspect
+
+        new_values = spec.unshape(value)
+        old_values: tuple[Any, ...] = ()
+        if spec.phase.writes_old:
+            if any(is_sql(v) for v in new_values):
+                old_values = spec.backward_sql(new_values, "assigning a SQL expression")
+            else:
+                old_values = spec.backward_values(new_values)
+        for name, v in zip(spec.new, new_values):
+            setattr(obj, name, v)
+        for name, v in zip(spec.old, old_values):
+            setattr(obj, name, v)
+        if old_values:
+            writes = sa_inspect(obj).info.setdefault(LOGICAL_WRITES, {})
+            writes[spec] = (new_values, old_values)
+
+    def expression(cls: Any) -> Any:
+        return PhasedComparator(spec, cls, effective_read_phase(spec))
+
+    def update_expression(cls: Any, value: Any) -> list[tuple[Any, Any]]:
+        new_values = spec.unshape(value)
+        pairs: list[tuple[Any, Any]] = [
+            (getattr(cls, n), v) for n, v in zip(spec.new, new_values)
+        ]
+        if spec.phase.writes_old:
+            if any(is_sql(v) for v in new_values):
+                old_values = spec.backward_sql(new_values, "a SQL value in .values()")
+            else:
+                old_values = spec.backward_values(new_values)
+            pairs.extend((getattr(cls, n), v) for n, v in zip(spec.old, old_values))
+        return pairs
+
+    def bulk_dml(cls: Any, mapping: Any, value: Any) -> None:
+        new_values = spec.unshape(value)
+        del mapping[spec.name]
+        for name, v in zip(spec.new, new_values):
+            mapping[name] = v
+        if spec.phase.writes_old:
+            for name, v in zip(spec.old, spec.backward_values(new_values, row=mapping)):
+                mapping[name] = v
+
+    fget.__name__ = "phased"
+    attribute: PhasedAttribute[T] = PhasedAttribute(
+        fget,
+        fset,
+        expr=expression,
+        update_expr=update_expression,
+        bulk_dml_setter=bulk_dml,
+    )
+    attribute._fourstep = spec
+    attribute.__doc__ = (
+        f"Phased attribute: {', '.join(old_names)} -> {', '.join(new_names)} "
+        f"at {phase.name}."
+    )
+    return attribute
+
+
+def phased_attributes_of(cls: type) -> list[PhasedAttribute[Any]]:
+    """The phased attributes declared on ``cls`` and its bases."""
+    found: dict[str, PhasedAttribute[Any]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, PhasedAttribute):
+                found[name] = value
+    return list(found.values())
+
+
+@event.listens_for(Mapper, "after_mapper_constructed")
+def _bind_on_mapping(mapper: Mapper[Any], class_: type) -> None:
+    from .registry import register
+
+    for attribute in phased_attributes_of(class_):
+        spec = attribute.spec
+        if spec._mapper is not None:
+            if mapper.isa(spec._mapper):
+                continue  # a subclass mapper inherits the base's binding
+            raise DeclarationError(
+                f"{spec.describe()} is already bound to {spec._mapper.class_.__name__}; a "
+                f"phased attribute belongs to one mapped class. Declare it on each model "
+                f"(not on a mixin shared by {class_.__name__})."
+            )
+        spec.bind(mapper)
+        register(spec)

@@ -1,0 +1,74 @@
+"""The exception hierarchy of fourstep_sqla.
+
+Every error the library raises derives from :class:`FourStepError`. Messages
+say what happened, to which model/table/column/key, and what to do next, so a
+deploy log is enough to act on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeclarationError",
+    "FourStepError",
+    "FourStepWarning",
+    "InconsistentWriteError",
+    "OldColumnNotNullError",
+    "OldColumnStillMappedError",
+    "PhaseError",
+    "RegistryError",
+    "SQLTransformRequiredError",
+    "TransformArityError",
+    "TransformError",
+    "UnknownColumnError",
+]
+
+
+class FourStepError(Exception):
+    """Base class of every error raised by fourstep_sqla."""
+
+
+class FourStepWarning(UserWarning):
+    """Base class of every warning emitted by fourstep_sqla."""
+
+
+class DeclarationError(FourStepError):
+    """A phased attribute is declared in a way that cannot work.
+
+    Raised when the model is mapped (class creation), not at the first query.
+    """
+
+
+class UnknownColumnError(DeclarationError):
+    """``old=`` or ``new=`` names an attribute the model does not have."""
+
+
+class TransformArityError(DeclarationError):
+    """A transform's arguments or results do not match the columns."""
+
+
+class OldColumnStillMappedError(DeclarationError):
+    """Step 4 is declared while the old column is still an ORM attribute."""
+
+
+class OldColumnNotNullError(DeclarationError):
+    """Step 4 stops writing an old column that is NOT NULL without a default."""
+
+
+class PhaseError(FourStepError):
+    """A phase was requested that this attribute cannot be in."""
+
+
+class SQLTransformRequiredError(FourStepError):
+    """A SQL form of a transform is needed but only a Python one was given."""
+
+
+class TransformError(FourStepError):
+    """A transform raised, or returned a value of the wrong shape."""
+
+
+class InconsistentWriteError(FourStepError):
+    """Both the old and the new place were written, with values that disagree."""
+
+
+class RegistryError(FourStepError):
+    """A registry key is unknown or claimed twice."""

@@ -1,0 +1,109 @@
+"""Database fixtures shared by the whole suite.
+
+- ``sqlite_engine``: a file-backed SQLite database per test.
+- ``pg_engine`` / ``mysql_engine``: one engine per session; skipped when the
+  server is not reachable, failed instead when ``CI`` is set.
+- ``engine``: parametrized over SQLite and PostgreSQL; on PostgreSQL each test
+  gets its own schema (first on ``search_path``), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.schema import CreateSchema, DropSchema
+
+pytest_plugins = ("pytester",)
+
+POSTGRES_URL = os.environ.get(
+    "FOURSTEP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("FOURSTEP_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+# Fail fast instead of hanging on a firewalled port.
+_CONNECT_TIMEOUT_SECONDS = 5
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _connect_or_give_up(url: str, server: str, env_var: str) -> Engine:
+    """Return a connected engine for ``url``, or skip (fail under CI) the test."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS})
+        with engine.connect():
+            pass
+    except Exception as exc:  # driver missing, refused, auth failure: all "unreachable"
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    else:
+        return engine
+    # Outside the except block, so the report is one line rather than a chained traceback.
+    reason = (
+        f"{server} not reachable at {shown} ({detail}): "
+        f"start it with docker compose up -d or set {env_var}"
+    )
+    if _in_ci():
+        pytest.fail(f"{reason} [CI is set, so this is an error, not a skip]", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[Engine]:
+    """A session-wide engine on the test PostgreSQL database."""
+    engine = _connect_or_give_up(POSTGRES_URL, "PostgreSQL", "FOURSTEP_TEST_POSTGRES_URL")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_engine() -> Iterator[Engine]:
+    """A session-wide engine on the test MariaDB/MySQL database."""
+    engine = _connect_or_give_up(MYSQL_URL, "MariaDB/MySQL", "FOURSTEP_TEST_MYSQL_URL")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite engine on a fresh file, so every connection sees the same data."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema_engine(pg_engine: Engine) -> Iterator[Engine]:
+    """A PostgreSQL engine whose connections use a fresh schema ``t_<hex>``."""
+    schema = f"t_{secrets.token_hex(6)}"
+    with pg_engine.begin() as conn:
+        conn.execute(CreateSchema(schema))
+    # libpq startup option: the schema is the session default, so it survives
+    # the pool's reset-on-return and covers every connection the engine opens.
+    engine = create_engine(
+        pg_engine.url,
+        connect_args={
+            "options": f"-csearch_path={schema}",
+            "connect_timeout": _CONNECT_TIMEOUT_SECONDS,
+        },
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with pg_engine.begin() as conn:
+            conn.execute(DropSchema(schema, cascade=True))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The same test on SQLite and on PostgreSQL (isolated schema)."""
+    name = "sqlite_engine" if request.param == "sqlite" else "pg_schema_engine"
+    result: Engine = request.getfixturevalue(name)
+    return result
