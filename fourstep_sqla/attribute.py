@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import and_, event, literal, or_, type_coerce
@@ -57,7 +58,7 @@ from sqlalchemy.orm import Bundle, ColumnProperty, Mapper
 from sqlalchemy.orm.properties import UnmappedColumn
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
-from sqlalchemy.sql.schema import Column, Table
+from sqlalchemy.sql.schema import Column, Index, Table
 
 from .errors import (
     DeclarationError,
@@ -68,18 +69,18 @@ from .errors import (
     TransformError,
     UnknownColumnError,
 )
-from .phase import Phase, effective_read_phase
+from .phase import Phase, _overrides, effective_read_phase
 from .transform import Transform
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.operators import OperatorType
 
-__all__ = ["PhasedAttribute", "PhasedSpec", "phased"]
+__all__ = ["PhasedAttribute", "PhasedSpec", "forward_index", "phased"]
 
 T = TypeVar("T")
 
-#: key in ``InstanceState.info`` recording values written through the attribute
-LOGICAL_WRITES = "fourstep_logical_writes"
+#: key in an instance's ``__dict__`` recording values written through the attribute
+LOGICAL_WRITES = "_fourstep_logical_writes"
 
 
 def _names(value: str | Sequence[str], what: str) -> tuple[str, ...]:
@@ -100,6 +101,27 @@ def _names(value: str | Sequence[str], what: str) -> tuple[str, ...]:
 def is_sql(value: Any) -> bool:
     """Whether ``value`` is a SQL expression rather than a literal."""
     return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
+def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function reading ``names`` off an instance as a tuple, loading if needed."""
+    if len(names) == 1:
+        (name,) = names
+
+        def get_one(obj: Any) -> tuple[Any, ...]:
+            d = obj.__dict__
+            return (d[name] if name in d else getattr(obj, name),)
+
+        return get_one
+    from_dict = itemgetter(*names)
+
+    def get_many(obj: Any) -> tuple[Any, ...]:
+        try:
+            return from_dict(obj.__dict__)  # type: ignore[no-any-return]
+        except KeyError:
+            return tuple(getattr(obj, n) for n in names)
+
+    return get_many
 
 
 class PhasedSpec:
@@ -138,6 +160,9 @@ class PhasedSpec:
         self.new_columns: tuple[Column[Any], ...] = ()
         #: old columns declared with ``unmapped_column()`` found at class creation
         self._unmapped: dict[str, Column[Any]] = {}
+        self._readers = self._build_readers()
+        #: the reader of the declared phase, used when nothing is pinned
+        self.default_reader = self._readers[phase]
 
     # -- identity -----------------------------------------------------------
     @property
@@ -160,6 +185,11 @@ class PhasedSpec:
         if self.table is None or self.name is None:
             raise DeclarationError(f"{self.describe()} is not mapped yet; it has no key")
         return f"{self.table.fullname}.{self.name}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Attribute names of the old and the new columns."""
+        return self.old + self.new
 
     @property
     def multi_new(self) -> bool:
@@ -276,6 +306,63 @@ class PhasedSpec:
                     f"{source}= names."
                 )
 
+    # -- reading an instance -------------------------------------------------
+    @property
+    def readers(self) -> dict[Phase, Callable[[Any], Any]]:
+        """Per read phase, a function from an instance to the logical value.
+
+        Built once: instance reads are the hottest path of the library. They
+        read the instance ``__dict__`` directly and fall back to ``getattr``
+        (which loads expired or deferred attributes) only when a key is missing.
+        """
+        return self._readers
+
+    def _build_readers(self) -> dict[Phase, Callable[[Any], Any]]:
+        new_get = _values_getter(self.new)
+        old_get = _values_getter(self.old)
+        width = len(self.new)
+        forward = self.forward_values
+        shape = self.shape
+
+        def read_old(obj: Any) -> Any:
+            return shape(forward(old_get(obj)))
+
+        if width == 1:
+            (name,) = self.new
+
+            def read_new(obj: Any) -> Any:
+                d = obj.__dict__
+                if name in d:
+                    return d[name]
+                return getattr(obj, name)
+
+            def read_new_or_old(obj: Any) -> Any:
+                d = obj.__dict__
+                value = d[name] if name in d else getattr(obj, name)
+                if value is None:
+                    return forward(old_get(obj))[0]
+                return value
+
+        else:
+
+            def read_new(obj: Any) -> Any:
+                return shape(new_get(obj))
+
+            def read_new_or_old(obj: Any) -> Any:
+                values = new_get(obj)
+                if values.count(None) == width:
+                    return shape(forward(old_get(obj)))
+                return shape(values)
+
+        readers: dict[Phase, Callable[[Any], Any]] = {
+            Phase.READ_NEW: read_new_or_old,
+            Phase.STOP_READ_OLD: read_new,
+            Phase.STOP_WRITE_OLD: read_new,
+        }
+        if self.phase.writes_old:
+            readers[Phase.WRITE_BOTH] = read_old
+        return readers
+
     # -- values in Python ---------------------------------------------------
     def forward_values(self, old_values: Sequence[Any], row: Any = None) -> tuple[Any, ...]:
         """``forward(*old)`` as a tuple of new column values (Python)."""
@@ -288,7 +375,7 @@ class PhasedSpec:
     def _apply(
         self, transform: Transform[Any], values: Sequence[Any], width: int, label: str, row: Any
     ) -> tuple[Any, ...]:
-        if all(v is None for v in values):
+        if values.count(None) == len(values):
             return (None,) * width
         try:
             result = transform.python(*values)
@@ -305,6 +392,8 @@ class PhasedSpec:
     ) -> tuple[Any, ...]:
         if width == 1:
             return (result,)
+        if type(result) is tuple and len(result) == width:
+            return result
         if result is None:
             return (None,) * width
         try:
@@ -318,11 +407,11 @@ class PhasedSpec:
             )
         return values
 
-    def shape(self, new_values: Sequence[Any]) -> Any:
+    def shape(self, new_values: tuple[Any, ...]) -> Any:
         """The logical value for new column values."""
-        if not self.multi_new:
+        if len(new_values) == 1:
             return new_values[0]
-        if all(v is None for v in new_values):
+        if new_values.count(None) == len(new_values):
             return None
         if self.value_type is not None:
             return self.value_type(*new_values)
@@ -396,6 +485,17 @@ class PhasedAttribute(hybrid_property[T], Generic[T]):
         """The :class:`PhasedSpec` behind this attribute."""
         return self._fourstep
 
+    if not TYPE_CHECKING:  # keep hybrid_property's typed overloads for checkers
+
+        def __get__(self, instance, owner):
+            if instance is None:
+                return super().__get__(instance, owner)
+            # the instance read is the hot path: skip hybrid's generic dispatch
+            if _overrides.get():
+                spec = self._fourstep
+                return spec.readers[effective_read_phase(spec)](instance)
+            return self._fourstep.default_reader(instance)
+
     def __set_name__(self, owner: type, name: str) -> None:
         # hybrid_property finds its own name through ``__name__`` in the MRO
         self.__name__ = name
@@ -416,7 +516,7 @@ class _PhasedBundle(Bundle[Any]):
         shape = self.spec.shape
 
         def proc(row: Any) -> Any:
-            return shape([p(row) for p in procs])
+            return shape(tuple([p(row) for p in procs]))
 
         return proc
 
@@ -573,17 +673,9 @@ def phased(
     )
 
     def fget(obj: Any) -> Any:
-        read = effective_read_phase(spec)
-        if read is Phase.WRITE_BOTH:
-            return spec.shape(spec.forward_values([getattr(obj, n) for n in spec.old]))
-        values = [getattr(obj, n) for n in spec.new]
-        if read is Phase.READ_NEW and all(v is None for v in values):
-            return spec.shape(spec.forward_values([getattr(obj, n) for n in spec.old]))
-        return spec.shape(values)
+        return spec.readers[effective_read_phase(spec)](obj)
 
     def fset(obj: Any, value: Any) -> None:
-        from sqlalchemy import inspect as sa_inspect
-
         new_values = spec.unshape(value)
         old_values: tuple[Any, ...] = ()
         if spec.phase.writes_old:
@@ -596,7 +688,8 @@ def phased(
         for name, v in zip(spec.old, old_values):
             setattr(obj, name, v)
         if old_values:
-            writes = sa_inspect(obj).info.setdefault(LOGICAL_WRITES, {})
+            # read back by the flush-time sync: these values need no re-check
+            writes = obj.__dict__.setdefault(LOGICAL_WRITES, {})
             writes[spec] = (new_values, old_values)
 
     def expression(cls: Any) -> Any:
@@ -666,3 +759,30 @@ def _bind_on_mapping(mapper: Mapper[Any], class_: type) -> None:
             )
         spec.bind(mapper)
         register(spec)
+
+
+def forward_index(attribute: Any, name: str | None = None, **kwargs: Any) -> Index:
+    """An index on ``forward(old)``, so a step-2 equality filter stays index-friendly.
+
+    At step 2, ``attr == v`` renders ``new = :v OR (new IS NULL AND
+    forward(old) = :v)``; with an index on the new column(s) and this one,
+    PostgreSQL answers it with a bitmap OR of two index scans. For a rename
+    (identity transform) an index on the old column is the same thing.
+
+    The index is attached to the model's table, so Alembic autogenerate sees
+    it; on PostgreSQL create it with ``postgresql_concurrently=True`` in the
+    migration. ``kwargs`` go to :class:`sqlalchemy.Index`.
+    """
+    from .registry import resolve
+
+    spec = resolve(attribute)
+    table = spec.table
+    if table is None:
+        raise DeclarationError(f"{spec.describe()} is not mapped yet; map the model first")
+    if not spec.old_columns:
+        raise DeclarationError(f"{spec.describe()} has no old column left to index")
+    expressions = spec.forward_sql(spec.old_columns, "an index on forward(old)")
+    if spec.forward.builtin is not None and spec.forward.builtin[0] == "identity":
+        expressions = tuple(spec.old_columns)
+    index_name = name or f"ix_{table.name}_{spec.name}_forward"
+    return Index(index_name, *expressions, **kwargs)

@@ -83,6 +83,18 @@ def sync_instance(state: InstanceState[Any], spec: PhasedSpec) -> None:
     obj = state.obj()
     if obj is None:
         return
+    changed = state.committed_state  # keys of attributes set since load
+    if not any(n in changed for n in spec.columns):
+        return
+    logical = obj.__dict__.get(LOGICAL_WRITES)
+    if logical and spec in logical:
+        rec_new, rec_old = logical[spec]
+        d = obj.__dict__
+        if all(d.get(n) is v for n, v in zip(spec.new, rec_new)) and all(
+            d.get(n) is v for n, v in zip(spec.old, rec_old)
+        ):
+            del logical[spec]  # written through the attribute and untouched since
+            return
     old_hist = [_history(state, n) for n in spec.old]
     new_hist = [_history(state, n) for n in spec.new]
     old_now = tuple(h[1] for h in old_hist)
@@ -90,7 +102,6 @@ def sync_instance(state: InstanceState[Any], spec: PhasedSpec) -> None:
     old_written = any(h[0] for h in old_hist)
     new_written = any(h[0] for h in new_hist)
 
-    logical = state.info.get(LOGICAL_WRITES)
     if logical and spec in logical:
         rec_new, rec_old = logical.pop(spec)
         new_kept = _same(new_now, rec_new)
