@@ -17,9 +17,13 @@ changed instance of a model with phased attributes,
 
 The sync writes plain attribute values, which do not trigger another sync.
 
-Bulk statements (``session.execute(insert(User), [dicts])``) that name an old
-or new column directly, instead of the phased attribute, are completed the
-same way in ``do_orm_execute``.
+ORM statements that name an old or new column directly instead of the phased
+attribute are completed the same way in ``do_orm_execute``: bulk lists of
+dictionaries (``session.execute(insert(User), [dicts])``) and
+``insert/update(User).values(legacy_name=...)``, single or multi-row. Literal
+values go through the Python transform, SQL expressions through the SQL one.
+A statement that writes only some of several old columns (or new ones) is
+left as it is.
 
 Not covered: Core statements on ``Model.__table__``, raw SQL, other services.
 Use the sync triggers of the Alembic integration for those.
@@ -27,12 +31,15 @@ Use the sync triggers of the Alembic integration for those.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.sql.dml import ValuesBase
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
 from .attribute import LOGICAL_WRITES, PhasedSpec, is_sql, phased_attributes_of
 from .errors import InconsistentWriteError
@@ -43,7 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = ["sync_instance"]
 
-_specs_by_class: dict[type, tuple[PhasedSpec, ...]] = {}
+# weak: models defined and dropped at run time (tests, reloads) must not be kept alive
+_specs_by_class: weakref.WeakKeyDictionary[type, tuple[PhasedSpec, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _dual_written_specs(cls: type) -> tuple[PhasedSpec, ...]:
@@ -175,20 +185,33 @@ def _complete_mapping(spec: PhasedSpec, mapping: MutableMapping[str, Any]) -> No
 
 
 @event.listens_for(Session, "do_orm_execute")
-def _complete_bulk_parameters(state: ORMExecuteState) -> None:
+def _complete_orm_dml(state: ORMExecuteState) -> None:
     if not (state.is_insert or state.is_update):
         return
-    params = state.parameters
     mapper = state.bind_mapper
-    if mapper is None or params is None:
+    if mapper is None:
         return
     specs = _dual_written_specs(mapper.class_)
     if not specs:
         return
+    params = state.parameters
+    if params:
+        _complete_bulk_parameters(state, specs, params)
+    statement = state.statement
+    if isinstance(statement, ValuesBase):
+        completed = _complete_values(statement, specs)
+        if completed is not statement:
+            state.statement = completed
+
+
+def _complete_bulk_parameters(
+    state: ORMExecuteState, specs: tuple[PhasedSpec, ...], params: Any
+) -> None:
+    """Bulk INSERT/UPDATE with lists of dicts naming old or new columns directly."""
     rows: list[Any] = params if isinstance(params, list) else [params]
     if not rows or not isinstance(rows[0], MutableMapping):
         return
-    names = {n for s in specs for n in s.old + s.new}
+    names = {n for s in specs for n in s.columns}
     if not any(names.intersection(row) for row in rows):
         return
     completed: list[dict[str, Any]] = [dict(row) for row in rows]
@@ -200,3 +223,96 @@ def _complete_bulk_parameters(state: ORMExecuteState) -> None:
     state.parameters = completed if isinstance(params, list) else completed[0]
 
 
+def _value_of(value: Any) -> Any:
+    """A literal for a plain bound value, else the SQL expression itself."""
+    plain = isinstance(value, BindParameter) and not value.callable
+    if plain and not isinstance(value.value, ClauseElement):
+        return value.value
+    return value
+
+
+def _complete_row(spec: PhasedSpec, row: dict[Any, Any], by_column: dict[Any, Any]) -> bool:
+    """Add the other side to one ``.values()`` row keyed by Column; True if changed."""
+    old = [by_column.get(c, _ABSENT) for c in spec.old_columns]
+    new = [by_column.get(c, _ABSENT) for c in spec.new_columns]
+    old_all = _ABSENT not in old
+    new_none = all(v is _ABSENT for v in new)
+    new_all = _ABSENT not in new
+    old_none = all(v is _ABSENT for v in old)
+    if old_all and new_none:
+        values = [_value_of(v) for v in old]
+        if any(is_sql(v) for v in values):
+            targets = spec.forward_sql(values, "an old column set to a SQL value in .values()")
+        else:
+            targets = spec.forward_values(values)
+        row.update(zip(spec.new_columns, targets))
+        return True
+    if new_all and old_none:
+        values = [_value_of(v) for v in new]
+        if any(is_sql(v) for v in values):
+            sources = spec.backward_sql(values, "a new column set to a SQL value in .values()")
+        else:
+            sources = spec.backward_values(values)
+        row.update(zip(spec.old_columns, sources))
+        return True
+    return False
+
+
+def _complete_values(statement: ValuesBase, specs: tuple[PhasedSpec, ...]) -> ValuesBase:
+    """``insert/update(Model).values(old_col=...)``: write the new side too (and back)."""
+    multi = statement._multi_values
+    single = statement._values
+    if not multi and not single:
+        return statement
+
+    def keyed(row: Any) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key, value in row.items():
+            column = _column_for(key, specs)
+            if column is not None:
+                out[column] = value
+        return out
+
+    if single:
+        by_column = keyed(single)
+        additions: dict[Any, Any] = {}
+        for spec in specs:
+            _complete_row(spec, additions, by_column)
+        return statement.values(additions) if additions else statement
+    rows = [dict(row) for block in multi for row in block]
+    changed = False
+    for row in rows:
+        by_column = keyed(row)
+        extra: dict[Any, Any] = {}
+        for spec in specs:
+            changed |= _complete_row(spec, extra, by_column)
+        row.update(extra)
+    if not changed:
+        return statement
+    if len({frozenset(str(getattr(k, "name", k)) for k in row) for row in rows}) > 1:
+        raise InconsistentWriteError(
+            f"multi-row .values() on {specs[0].describe().split('.')[0]} writes old or new "
+            f"columns directly in some rows only; write the phased attribute, or the same "
+            f"columns in every row"
+        )
+    # a multi-row VALUES is rebuilt wholesale: Insert.values() only appends blocks
+    rebuilt = statement._clone()
+    rebuilt._multi_values = (rows,)
+    return rebuilt
+
+
+def _column_for(key: Any, specs: tuple[PhasedSpec, ...]) -> Any:
+    """The phased spec column a ``.values()`` key refers to, or None."""
+    for spec in specs:
+        for name, column in zip(spec.columns, spec.old_columns + spec.new_columns):
+            if isinstance(key, str):
+                if key == name:
+                    return column
+            elif getattr(key, "table", None) is column.table and getattr(key, "name", None) == (
+                column.name
+            ):
+                return column
+    return None
+
+
+_ABSENT = object()
