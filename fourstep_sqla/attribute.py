@@ -53,12 +53,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import and_, event, literal, or_, type_coerce
 from sqlalchemy import func as sql_func
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import Comparator, hybrid_property
 from sqlalchemy.orm import Bundle, ColumnProperty, Mapper
 from sqlalchemy.orm.properties import UnmappedColumn
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement, ClauseList, ColumnElement
 from sqlalchemy.sql.schema import Column, Index, Table
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import Boolean
 
 from .errors import (
     DeclarationError,
@@ -521,6 +525,46 @@ class _PhasedBundle(Bundle[Any]):
         return proc
 
 
+_ORDERING_OPS = frozenset(
+    {operators.asc_op, operators.desc_op, operators.nulls_first_op, operators.nulls_last_op}
+)
+
+
+class _all_null(ColumnElement[bool]):
+    """``a IS NULL AND b IS NULL ...``: whether a row has no value in the new place.
+
+    On SQLite it renders ``coalesce(a, b, ...) IS NULL``: SQLite 3.38-3.45 gets
+    ``col IS NULL`` wrong inside ``UPDATE ... RETURNING`` on tables that have a
+    NOT NULL column, and ``coalesce()`` sidesteps it.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, *columns: ColumnElement[Any]) -> None:
+        self.columns = columns
+
+    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's own convention)
+        ("columns", InternalTraversal.dp_clauseelement_tuple)
+    ]
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        return [f for c in self.columns for f in c._from_objects]
+
+
+@compiles(_all_null)
+def _all_null_default(element: _all_null, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(and_(*(c.is_(None) for c in element.columns)), **kw)
+
+
+@compiles(_all_null, "sqlite")
+def _all_null_sqlite(element: _all_null, compiler: SQLCompiler, **kw: Any) -> str:
+    if len(element.columns) == 1:
+        return _all_null_default(element, compiler, **kw)
+    return compiler.process(sql_func.coalesce(*element.columns).is_(None), **kw)
+
+
 class PhasedComparator(Comparator[Any]):
     """Class-level behaviour of a phased attribute at one read phase."""
 
@@ -555,7 +599,7 @@ class PhasedComparator(Comparator[Any]):
                 return (type_coerce(sql_func.coalesce(new[0], fwd[0]), new[0].type),)
             from sqlalchemy import case
 
-            none_written = and_(*(c.is_(None) for c in new))
+            none_written = _all_null(*new)
             return tuple(
                 type_coerce(case((none_written, f), else_=n), n.type) for n, f in zip(new, fwd)
             )
@@ -577,14 +621,14 @@ class PhasedComparator(Comparator[Any]):
         values = self.spec.unshape(other)
         if self.phase is not Phase.READ_NEW:
             return and_(*(c == v for c, v in zip(self.value_columns(), values)))
-        # index-friendly: new = :v OR (new IS NULL AND forward(old) = :v)
+        # index-friendly and NULL-correct (so ~(attr == v) is right too):
+        #   (new IS NOT NULL AND new = :v) OR (new IS NULL AND forward(old) = :v)
         new, fwd = self._parts()
-        new_match = and_(*(c == v for c, v in zip(new, values)))
-        fallback = and_(
-            *(c.is_(None) for c in new), *(f == v for f, v in zip(fwd, values))
-        )
+        fallback = and_(_all_null(*new), *(f == v for f, v in zip(fwd, values)))
         if all(v is None for v in values):
             return fallback
+        written = or_(*(c.isnot(None) for c in new))
+        new_match = and_(written, *(c == v for c, v in zip(new, values)))
         return or_(new_match, fallback)
 
     def _in(self, other: Any) -> ColumnElement[bool]:
@@ -596,7 +640,7 @@ class PhasedComparator(Comparator[Any]):
         if self.phase is not Phase.READ_NEW:
             return self.value_columns()[0].in_(values)
         (new,), (fwd,) = self._parts()
-        return or_(new.in_(values), and_(new.is_(None), fwd.in_(values)))
+        return or_(and_(new.isnot(None), new.in_(values)), and_(new.is_(None), fwd.in_(values)))
 
     def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> ColumnElement[Any]:
         if op is operators.eq and len(other) == 1 and not is_sql(other[0]):
@@ -606,6 +650,9 @@ class PhasedComparator(Comparator[Any]):
         if self.spec.multi_new:
             if op is operators.ne and len(other) == 1:
                 return ~self._equal(other[0])
+            if op in _ORDERING_OPS and not other:
+                # ORDER BY attr.desc(): the modifier applies to each column
+                return ClauseList(*(op(c) for c in self.value_columns()))  # type: ignore[return-value]
             raise TransformError(
                 f"{self.spec.describe()} spans {len(self.spec.new)} columns "
                 f"({', '.join(self.spec.new)}): only ==, != and in_() compare it as a whole; "
