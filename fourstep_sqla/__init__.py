@@ -12,19 +12,25 @@ from __future__ import annotations
 
 from . import sync as _sync  # noqa: F401  (registers the flush-time dual-write hooks)
 from .attribute import PhasedAttribute, phased
+from .backfill import BackfillReport, backfill
 from .errors import FourStepError
 from .phase import Phase, read_phase
 from .registry import load_models
 from .transform import Transform
+from .verify import VerifyResult, verify
 
 __all__ = [
+    "BackfillReport",
     "FourStepError",
     "Phase",
     "PhasedAttribute",
     "Transform",
+    "VerifyResult",
+    "backfill",
     "load_models",
     "phased",
     "read_phase",
+    "verify",
 ]
 
 __version__ = "0.1.0"
