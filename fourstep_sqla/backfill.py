@@ -148,6 +148,8 @@ class BackfillReport:
     rows_left: int = 0
     skipped_keys: list[Key] = field(default_factory=list)
     complete: bool = False
+    #: the time budget (``max_seconds``) ran out with rows left
+    budget_exhausted: bool = False
     dry_run: bool = False
     run_id: str | None = None
     #: wall time of each batch, in order (for benchmarks and logs)
@@ -247,7 +249,10 @@ class _Run:
     def budget_left(self) -> bool:
         if self.max_seconds is None:
             return True
-        return time.monotonic() - self.started < self.max_seconds
+        if time.monotonic() - self.started < self.max_seconds:
+            return True
+        self.report.budget_exhausted = True
+        return False
 
     # -- plan / resume ----------------------------------------------------------
     def open_run(self, conn: Connection) -> str | None:
@@ -825,6 +830,20 @@ class _Run:
 _JSON_NATIVE = (str, int, bool, type(None))
 
 
+def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:
+    """How many ranges a new run's key space is split into.
+
+    Several per worker so that a fast worker takes over the rest; with one
+    worker, an integer key is still split (it costs nothing) so that other
+    processes started later with the same key can join the run.
+    """
+    if dialect == "sqlite":
+        return 1
+    if workers > 1:
+        return workers * 4
+    return 16 if keys.integer else 1
+
+
 def _engine_of(bind: Engine | Connection) -> Engine:
     return bind if isinstance(bind, Engine) else bind.engine
 
@@ -901,7 +920,7 @@ def backfill(
         if conn.in_transaction():
             conn.commit()
         run.setup_session(conn)
-        run.parts = workers * 4 if workers > 1 else 1
+        run.parts = _ranges_for(run.keys, conn.dialect.name, workers)
         run_id = run.open_run(conn)
         run.report.run_id = run_id
         if run_id is None:
