@@ -201,9 +201,72 @@ class PhasedSpec:
         return len(self.new) > 1
 
     def describe(self) -> str:
+        if self._owner is None and self.explicit_key and self.table is not None:
+            return self.explicit_key  # a frozen spec (migrations): no model
         owner = self.owner
         model = owner.__name__ if owner is not None else "<unmapped class>"
         return f"{model}.{self.name or '<unnamed>'}"
+
+    @classmethod
+    def frozen(
+        cls,
+        *,
+        key: str,
+        table: Table,
+        old: Sequence[str],
+        new: Sequence[str],
+        forward: Transform[Any],
+        backward: Transform[Any],
+        phase: Phase = Phase.STOP_READ_OLD,
+    ) -> PhasedSpec:
+        """A spec over a table and column names, without a model.
+
+        Migrations are frozen history: they must not import today's models.
+        The Alembic operations build their spec from the table (reflected or
+        declared in the revision) and the transforms rendered into it.
+        """
+        spec = cls(
+            old=tuple(old),
+            new=tuple(new),
+            forward=forward,
+            backward=backward,
+            phase=phase,
+            key=key,
+            value_type=None,
+        )
+        spec.name = key.rsplit(".", 1)[-1]
+        spec.table = table
+        missing = [n for n in (*spec.old, *spec.new) if n not in table.c]
+        if missing:
+            raise UnknownColumnError(
+                f"{key}: table {table.description!r} has no column(s) {', '.join(missing)}"
+            )
+        spec.old_columns = tuple(table.c[n] for n in spec.old)
+        spec.new_columns = tuple(table.c[n] for n in spec.new)
+        return spec
+
+    def reversed(self) -> PhasedSpec:
+        """The same move backwards (new -> old), to restore a dropped old column."""
+        if self.table is None:
+            raise DeclarationError(f"{self.describe()} is not bound to a table")
+        return PhasedSpec.frozen(
+            key=f"{self.key}:restore",
+            table=self.table,
+            old=self.new_column_names,
+            new=self.old_column_names,
+            forward=self.backward,
+            backward=self.forward,
+        )
+
+    @property
+    def old_column_names(self) -> tuple[str, ...]:
+        """Database names of the old columns."""
+        return tuple(c.name for c in self.old_columns)
+
+    @property
+    def new_column_names(self) -> tuple[str, ...]:
+        """Database names of the new columns."""
+        return tuple(c.name for c in self.new_columns)
 
     def __repr__(self) -> str:
         return f"<PhasedSpec {self.describe()} phase={self.phase.name}>"

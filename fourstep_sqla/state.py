@@ -238,3 +238,31 @@ def read_state(bind: Engine | Connection, key: str) -> AttributeState | None:
         with bind.connect() as conn:
             return go(conn)
     return go(bind)
+
+
+def record_phase(conn: Connection, key: str, table_name: str, phase: int) -> None:
+    """Record that the database reached ``phase`` for ``key`` (in ``conn``'s transaction)."""
+    from sqlalchemy import insert, update
+    from sqlalchemy.exc import IntegrityError
+
+    STATE_METADATA.create_all(conn, checkfirst=True)
+    done = conn.execute(
+        update(state_table)
+        .where(state_table.c.key == key)
+        .values(recorded_phase=phase, updated_at=now())
+    )
+    if done.rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(state_table).values(
+                    key=key, table_name=table_name, recorded_phase=phase, updated_at=now()
+                )
+            )
+    except IntegrityError:
+        conn.execute(
+            update(state_table)
+            .where(state_table.c.key == key)
+            .values(recorded_phase=phase, updated_at=now())
+        )

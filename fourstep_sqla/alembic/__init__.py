@@ -1,0 +1,89 @@
+"""Alembic integration: ``import fourstep_sqla.alembic`` in ``env.py``.
+
+Importing this package registers the Four Step operations on Alembic's
+``op`` (see :mod:`fourstep_sqla.alembic.ops`): ``op.relax_old_not_null``,
+``op.backfill``, ``op.drop_old`` and their reverses ``op.restore_old_not_null``,
+``op.record_phase`` and ``op.restore_old``.
+
+Type checkers cannot see operations registered at run time; the functions
+below are typed equivalents that call ``op.invoke(...)``::
+
+    from fourstep_sqla import alembic as fs
+
+    def upgrade() -> None:
+        fs.backfill("users.full_name", "users", old=["name"], new=["first_name", "last_name"],
+                    forward_sql={"first_name": "...", "last_name": "..."})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Column
+
+from . import render as _render  # noqa: F401  (registers the renderers)
+from .ops import (
+    BackfillOp,
+    DropOldOp,
+    DropRefusedError,
+    RecordPhaseOp,
+    RelaxOldNotNullOp,
+    RestoreOldNotNullOp,
+    RestoreOldOp,
+)
+
+__all__ = [
+    "BackfillOp",
+    "DropOldOp",
+    "DropRefusedError",
+    "RecordPhaseOp",
+    "RelaxOldNotNullOp",
+    "RestoreOldNotNullOp",
+    "RestoreOldOp",
+    "backfill",
+    "drop_old",
+]
+
+
+def backfill(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[str],
+    new: Sequence[str],
+    forward_sql: Mapping[str, str] | None = None,
+    forward: str | None = None,
+    schema: str | None = None,
+    batch_size: int | None = None,
+    target_ms: float | None = None,
+    on_error: str = "stop",
+) -> None:
+    """Typed ``op.backfill(...)``."""
+    from alembic import op
+
+    op.invoke(
+        BackfillOp(key, table_name, old, new, forward_sql, forward, schema, batch_size,
+                   target_ms, on_error)
+    )
+
+
+def drop_old(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[Column[Any]],
+    new: Sequence[str],
+    forward_sql: Mapping[str, str] | None = None,
+    backward_sql: Mapping[str, str] | None = None,
+    forward: str | None = None,
+    backward: str | None = None,
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.drop_old(...)``."""
+    from alembic import op
+
+    op.invoke(
+        DropOldOp(key, table_name, old, new, forward_sql, backward_sql, forward, backward,
+                  schema)
+    )

@@ -1,0 +1,597 @@
+"""Alembic operations of the Four Step Process.
+
+Importing :mod:`fourstep_sqla.alembic` (in ``env.py``) registers them:
+
+``op.relax_old_not_null(key, table_name, columns, existing_type)`` (step 1)
+    the old column(s) stop being NOT NULL, so step 4 can stop writing them.
+    Reverse: ``op.restore_old_not_null`` (refuses while NULLs exist; on
+    PostgreSQL through ``CHECK ... NOT VALID`` + ``VALIDATE`` so writes go on).
+``op.backfill(key, table_name, old, new, forward_sql=..., forward=...)`` (step 3)
+    runs the backfill engine inside the migration, each batch committed on
+    its own (in an autocommit block, on fresh connections of the same engine),
+    resumable; one ``UPDATE`` in offline ``--sql`` mode. Reverse:
+    ``op.record_phase`` back to step 2 (the data stays).
+``op.drop_old(key, table_name, old, new, forward_sql=..., backward_sql=...)`` (step 4)
+    refuses, with counts and sample keys, while any row would lose data; then
+    drops lock-safely (PostgreSQL) or in batch mode (SQLite). Reverse:
+    ``op.restore_old``, which re-adds the column(s) and restores their values
+    from the new ones with the backward transform.
+``op.record_phase(key, table_name, phase, previous)``
+    records the phase the database reached; its reverse records ``previous``.
+
+Migrations are frozen history: these operations take column names and the SQL
+text of the transforms, rendered for the target dialect, never the models. A
+Python-only transform is referenced as ``"module:function"``.
+
+Type checkers cannot see ``op.<name>`` registered at run time: use the typed
+functions of :mod:`fourstep_sqla.alembic` (``fs.backfill(...)``) if you care.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from alembic.operations import MigrateOperation, Operations
+from sqlalchemy import Column, MetaData, Table, and_, literal_column, or_, update
+from sqlalchemy import table as table_clause
+from sqlalchemy.sql import column as column_clause
+from sqlalchemy.types import TypeEngine
+
+from ..attribute import PhasedSpec
+from ..backfill import BackfillError, ExternalTransactionError, backfill
+from ..ddl import run_ddl
+from ..errors import FourStepError
+from ..phase import Phase
+from ..state import record_phase
+from ..transform import Transform
+from ..verify import verify
+
+__all__ = [
+    "BackfillOp",
+    "DropOldOp",
+    "DropRefusedError",
+    "RecordPhaseOp",
+    "RelaxOldNotNullOp",
+    "RestoreOldNotNullOp",
+    "RestoreOldOp",
+]
+
+log = logging.getLogger("fourstep_sqla.alembic")
+
+
+class DropRefusedError(FourStepError):
+    """``op.drop_old`` found rows that would lose data; the column stays."""
+
+
+# -- frozen transforms ----------------------------------------------------------
+def import_reference(reference: str) -> Callable[..., Any]:
+    """The callable named by ``"module:function"`` (dotted qualname allowed)."""
+    module_name, _, qualname = reference.partition(":")
+    if not module_name or not qualname:
+        raise FourStepError(f"{reference!r} is not a 'module:function' reference")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise FourStepError(
+            f"the migration references the Python transform {reference!r}, which does not "
+            f"import ({type(exc).__name__}: {exc}); keep that function importable while "
+            f"this migration may run"
+        ) from exc
+    if not callable(target):
+        raise FourStepError(f"{reference!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def frozen_transform(
+    label: str,
+    targets: Sequence[str],
+    sql: Mapping[str, str] | None,
+    python: str | None,
+) -> Transform[Any]:
+    """A Transform rebuilt from what a revision carries: SQL text and/or a reference."""
+    if not sql and not python:
+        raise FourStepError(
+            f"the {label} transform has neither SQL text nor a 'module:function' reference"
+        )
+    if sql is not None:
+        missing = [t for t in targets if t not in sql]
+        if missing:
+            raise FourStepError(f"the {label} SQL has no expression for {', '.join(missing)}")
+    texts = dict(sql or {})
+
+    def from_sql(*columns: Any) -> Any:
+        expressions: tuple[Any, ...] = tuple(literal_column(f"({texts[t]})") for t in targets)
+        return expressions[0] if len(expressions) == 1 else expressions
+
+    def no_python(*values: Any) -> Any:
+        raise FourStepError(
+            f"the {label} transform of this migration has no Python form; it runs in SQL only"
+        )
+
+    callable_ = import_reference(python) if python else no_python
+    return Transform(callable_, sql=from_sql if texts else None, name=f"{label}:{python or 'sql'}")
+
+
+def _column_names(columns: Sequence[Column[Any] | str]) -> list[str]:
+    return [c if isinstance(c, str) else c.name for c in columns]
+
+
+class _KeyedOp(MigrateOperation):
+    key: str
+    table_name: str
+    schema: str | None
+
+    def reflect(self, conn: Any) -> Table:
+        return Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+
+
+# -- record_phase -----------------------------------------------------------------
+@Operations.register_operation("record_phase")
+class RecordPhaseOp(_KeyedOp):
+    """Record the phase the database reached for one phased attribute."""
+
+    def __init__(
+        self, key: str, table_name: str, phase: int, previous: int, schema: str | None = None
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.phase, self.previous = int(phase), int(previous)
+
+    @classmethod
+    def record_phase(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        phase: int,
+        previous: int,
+        schema: str | None = None,
+    ) -> None:
+        """Record ``phase`` for ``key``; the reverse records ``previous``."""
+        operations.invoke(cls(key, table_name, phase, previous, schema=schema))
+
+    def reverse(self) -> RecordPhaseOp:
+        return RecordPhaseOp(self.key, self.table_name, self.previous, self.phase, self.schema)
+
+
+@Operations.implementation_for(RecordPhaseOp)
+def _record_phase(operations: Operations, operation: RecordPhaseOp) -> None:
+    if operations.get_context().as_sql:
+        operations.get_context().impl.static_output(
+            f"-- fourstep: {operation.key} is now at phase {operation.phase} "
+            f"(run `fourstep status` after applying)"
+        )
+        return
+    record_phase(operations.get_bind(), operation.key, operation.table_name, operation.phase)
+
+
+# -- backfill ---------------------------------------------------------------------
+@Operations.register_operation("backfill")
+class BackfillOp(_KeyedOp):
+    """Step 3: fill the new column(s) from the old one(s), in committed batches."""
+
+    def __init__(
+        self,
+        key: str,
+        table_name: str,
+        old: Sequence[str],
+        new: Sequence[str],
+        forward_sql: Mapping[str, str] | None = None,
+        forward: str | None = None,
+        schema: str | None = None,
+        batch_size: int | None = None,
+        target_ms: float | None = None,
+        on_error: str = "stop",
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.old, self.new = list(old), list(new)
+        self.forward_sql = dict(forward_sql) if forward_sql else None
+        self.forward = forward
+        self.batch_size, self.target_ms, self.on_error = batch_size, target_ms, on_error
+
+    @classmethod
+    def backfill(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[str],
+        new: Sequence[str],
+        forward_sql: Mapping[str, str] | None = None,
+        forward: str | None = None,
+        schema: str | None = None,
+        batch_size: int | None = None,
+        target_ms: float | None = None,
+        on_error: str = "stop",
+    ) -> None:
+        """Backfill ``new = forward(old)`` on ``table_name`` (see module docs)."""
+        operations.invoke(
+            cls(key, table_name, old, new, forward_sql, forward, schema, batch_size,
+                target_ms, on_error)
+        )
+
+    def reverse(self) -> RecordPhaseOp:
+        # the backfilled values stay: step 2 reads them, step 1 ignores them
+        return RecordPhaseOp(self.key, self.table_name, Phase.READ_NEW, Phase.STOP_READ_OLD,
+                             self.schema)
+
+    def forward_transform(self) -> Transform[Any]:
+        return frozen_transform("forward", self.new, self.forward_sql, self.forward)
+
+
+def _external_transaction_message(key: str) -> str:
+    return (
+        f"{key}: op.backfill commits every batch on its own, but env.py handed Alembic a "
+        f"connection that is already inside a transaction (connection.begin() or "
+        f"engine.begin() around context.run_migrations()). Open the connection with "
+        f"engine.connect() and let context.begin_transaction() manage transactions "
+        f"(transaction_per_migration=True is recommended), or run `fourstep backfill "
+        f"{key}` before this migration."
+    )
+
+
+@Operations.implementation_for(BackfillOp)
+def _backfill(operations: Operations, operation: BackfillOp) -> None:
+    context = operations.get_context()
+    transform = operation.forward_transform()
+    if context.as_sql:
+        _offline_backfill(operations, operation, transform)
+        return
+    if context._in_external_transaction:
+        raise ExternalTransactionError(_external_transaction_message(operation.key))
+    with context.autocommit_block():
+        connection = context.connection
+        assert connection is not None
+        engine = connection.engine
+        table = operation.reflect(connection)
+        spec = PhasedSpec.frozen(
+            key=operation.key,
+            table=table,
+            old=operation.old,
+            new=operation.new,
+            forward=transform,
+            backward=transform,
+        )
+        options: dict[str, Any] = {"on_error": operation.on_error}
+        if operation.batch_size:
+            options["batch_size"] = operation.batch_size
+        if operation.target_ms is not None:
+            options["target_ms"] = operation.target_ms
+        report = backfill(engine, spec, **options)
+        if not report.ok:
+            raise BackfillError(
+                f"{operation.key}: the backfill did not finish ({report.rows_left} rows left, "
+                f"{len(report.skipped_keys)} skipped: {report.skipped_keys[:10]!r}); fix "
+                f"those rows and run the migration again, it resumes"
+            )
+        log.info("%s: backfilled %d rows in %d batches", operation.key, report.rows_updated,
+                 report.batches)
+        with engine.begin() as conn:
+            record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+
+
+def _offline_backfill(
+    operations: Operations, operation: BackfillOp, transform: Transform[Any]
+) -> None:
+    context = operations.get_context()
+    if transform.sql is None:
+        raise FourStepError(
+            f"{operation.key}: offline (--sql) mode renders the backfill as one UPDATE, which "
+            f"needs the SQL form of the forward transform; this one is Python only "
+            f"({operation.forward}). Run `fourstep backfill {operation.key}` instead."
+        )
+    columns: list[Any] = [column_clause(n) for n in (*operation.old, *operation.new)]
+    table = table_clause(operation.table_name, *columns, schema=operation.schema)
+    old = [table.c[n] for n in operation.old]
+    new = [table.c[n] for n in operation.new]
+    result = transform.sql(*old)
+    values = result if isinstance(result, tuple) else (result,)
+    pending = and_(*(c.is_(None) for c in new), or_(*(c.isnot(None) for c in old)))
+    context.impl.static_output(
+        f"-- fourstep: op.backfill({operation.key!r}) in offline mode is ONE UPDATE over the "
+        f"whole table; on a big, busy table run `fourstep backfill {operation.key}` instead"
+    )
+    operations.execute(update(table).where(pending).values(dict(zip(new, values))))
+
+
+# -- drop_old / restore_old -------------------------------------------------------
+class _OldColumnsOp(_KeyedOp):
+    def __init__(
+        self,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any]],
+        new: Sequence[str],
+        forward_sql: Mapping[str, str] | None = None,
+        backward_sql: Mapping[str, str] | None = None,
+        forward: str | None = None,
+        backward: str | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.old = list(old)
+        self.new = list(new)
+        self.forward_sql = dict(forward_sql) if forward_sql else None
+        self.backward_sql = dict(backward_sql) if backward_sql else None
+        self.forward, self.backward = forward, backward
+
+    @property
+    def old_names(self) -> list[str]:
+        return _column_names(self.old)
+
+    def spec(self, table: Table) -> PhasedSpec:
+        return PhasedSpec.frozen(
+            key=self.key,
+            table=table,
+            old=self.old_names,
+            new=self.new,
+            forward=frozen_transform("forward", self.new, self.forward_sql, self.forward),
+            backward=frozen_transform("backward", self.old_names, self.backward_sql,
+                                      self.backward),
+        )
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self.key, self.table_name, self.old, self.new, self.forward_sql,
+                self.backward_sql, self.forward, self.backward, self.schema)
+
+
+@Operations.register_operation("drop_old")
+class DropOldOp(_OldColumnsOp):
+    """Step 4: prove nothing would be lost, then drop the old column(s)."""
+
+    @classmethod
+    def drop_old(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any]],
+        new: Sequence[str],
+        forward_sql: Mapping[str, str] | None = None,
+        backward_sql: Mapping[str, str] | None = None,
+        forward: str | None = None,
+        backward: str | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """Drop the old column(s) of ``key`` once no row would lose data."""
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, forward,
+                              backward, schema))
+
+    def reverse(self) -> RestoreOldOp:
+        return RestoreOldOp(*self._args())
+
+
+@Operations.register_operation("restore_old")
+class RestoreOldOp(_OldColumnsOp):
+    """Reverse of step 4: re-add the old column(s), restored from the new ones."""
+
+    @classmethod
+    def restore_old(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any]],
+        new: Sequence[str],
+        forward_sql: Mapping[str, str] | None = None,
+        backward_sql: Mapping[str, str] | None = None,
+        forward: str | None = None,
+        backward: str | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """Re-add the old column(s) of ``key`` and fill them with backward(new)."""
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, forward,
+                              backward, schema))
+
+    def reverse(self) -> DropOldOp:
+        return DropOldOp(*self._args())
+
+
+@Operations.implementation_for(DropOldOp)
+def _drop_old(operations: Operations, operation: DropOldOp) -> None:
+    context = operations.get_context()
+    if context.as_sql:
+        context.impl.static_output(
+            f"-- fourstep: the drop gate of {operation.key} cannot run offline; run "
+            f"`fourstep verify {operation.key}` against the database before applying this"
+        )
+    else:
+        conn = operations.get_bind()
+        spec = operation.spec(operation.reflect(conn))
+        result = verify(conn, spec, record=False)
+        if not result.ok:
+            raise DropRefusedError(
+                f"{operation.key}: refusing to drop {', '.join(operation.old_names)} of "
+                f"{operation.table_name}: {result.missing} row(s) have a value only in the old "
+                f"column(s) and {result.mismatched} row(s) differ from forward(old) "
+                f"(of {result.total}); sample keys {result.sample_keys!r}. Nothing was "
+                f"dropped. Run `fourstep backfill {operation.key}` and `fourstep verify "
+                f"{operation.key}`, then upgrade again."
+            )
+    _drop_columns(operations, operation)
+    if not context.as_sql:
+        record_phase(operations.get_bind(), operation.key, operation.table_name,
+                     Phase.STOP_WRITE_OLD)
+
+
+def _drop_columns(operations: Operations, operation: _OldColumnsOp) -> None:
+    context = operations.get_context()
+    if context.dialect.name == "sqlite":
+        # SQLite's DROP COLUMN refuses indexed, unique, view- or trigger-referenced
+        # columns: batch mode copies the table instead
+        # (and, like PostgreSQL, drop the indexes on them along with them)
+        from sqlalchemy import inspect
+
+        names = set(operation.old_names)
+        indexes = []
+        if not context.as_sql:
+            inspector = inspect(operations.get_bind())
+            indexes = [
+                ix["name"]
+                for ix in inspector.get_indexes(operation.table_name, schema=operation.schema)
+                if ix["name"] and names.intersection(c for c in ix["column_names"] if c)
+            ]
+        with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
+            for index in indexes:
+                batch.drop_index(index)
+            for name in operation.old_names:
+                batch.drop_column(name)
+        return
+    for name in operation.old_names:
+        what = f"{operation.key}: DROP COLUMN {name}"
+        if context.as_sql:
+            operations.drop_column(operation.table_name, name, schema=operation.schema)
+            continue
+        conn = operations.get_bind()
+        run_ddl(conn, what, lambda n=name: operations.drop_column(  # type: ignore[misc]
+            operation.table_name, n, schema=operation.schema))
+
+
+@Operations.implementation_for(RestoreOldOp)
+def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
+    context = operations.get_context()
+    backward = frozen_transform("backward", operation.old_names, operation.backward_sql,
+                                operation.backward)
+    for col in operation.old:
+        # a fresh Column per run; nullable, as step 1 relaxed it
+        restored = Column(col.name, col.type, nullable=True, server_default=col.server_default)
+        if context.dialect.name == "sqlite" or context.as_sql:
+            operations.add_column(operation.table_name, restored, schema=operation.schema)
+        else:
+            run_ddl(operations.get_bind(), f"{operation.key}: ADD COLUMN {col.name}",
+                    lambda c=restored: operations.add_column(  # type: ignore[misc]
+                        operation.table_name, c, schema=operation.schema))
+    if context.as_sql:
+        if backward.sql is None:
+            raise FourStepError(f"{operation.key}: offline restore needs a SQL backward form")
+        columns: list[Any] = [column_clause(n) for n in (*operation.old_names, *operation.new)]
+        table = table_clause(operation.table_name, *columns, schema=operation.schema)
+        result = backward.sql(*(table.c[n] for n in operation.new))
+        values = result if isinstance(result, tuple) else (result,)
+        operations.execute(
+            update(table)
+            .where(or_(*(table.c[n].isnot(None) for n in operation.new)))
+            .values(dict(zip([table.c[n] for n in operation.old_names], values)))
+        )
+        return
+    if context._in_external_transaction:
+        raise ExternalTransactionError(_external_transaction_message(operation.key))
+    with context.autocommit_block():
+        connection = context.connection
+        assert connection is not None
+        table = operation.reflect(connection)
+        spec = operation.spec(table).reversed()
+        report = backfill(connection.engine, spec)
+        if not report.ok:
+            raise BackfillError(
+                f"{operation.key}: restoring the old column(s) did not finish "
+                f"({report.rows_left} rows left, skipped {report.skipped_keys[:10]!r})"
+            )
+        with connection.engine.begin() as conn:
+            record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+
+
+# -- relax / restore NOT NULL -------------------------------------------------------
+@Operations.register_operation("relax_old_not_null")
+class RelaxOldNotNullOp(_KeyedOp):
+    """Step 1: the old column(s) become nullable so step 4 can stop writing them."""
+
+    def __init__(
+        self,
+        key: str,
+        table_name: str,
+        columns: Sequence[str],
+        existing_type: TypeEngine[Any] | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.columns = list(columns)
+        self.existing_type = existing_type
+
+    @classmethod
+    def relax_old_not_null(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        columns: Sequence[str],
+        existing_type: TypeEngine[Any] | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """ALTER the old column(s) of ``key`` to NULL-able, lock-safely."""
+        operations.invoke(cls(key, table_name, columns, existing_type, schema))
+
+    def reverse(self) -> RestoreOldNotNullOp:
+        return RestoreOldNotNullOp(self.key, self.table_name, self.columns, self.existing_type,
+                                   self.schema)
+
+
+@Operations.register_operation("restore_old_not_null")
+class RestoreOldNotNullOp(RelaxOldNotNullOp):
+    """Reverse of step 1: the old column(s) NOT NULL again (refused while NULLs exist)."""
+
+    @classmethod
+    def restore_old_not_null(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        columns: Sequence[str],
+        existing_type: TypeEngine[Any] | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """Make the old column(s) of ``key`` NOT NULL again."""
+        operations.invoke(cls(key, table_name, columns, existing_type, schema))
+
+    def reverse(self) -> RelaxOldNotNullOp:  # type: ignore[override]
+        return RelaxOldNotNullOp(self.key, self.table_name, self.columns, self.existing_type,
+                                 self.schema)
+
+
+def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullable: bool) -> None:
+    context = operations.get_context()
+    if context.dialect.name == "sqlite":
+        with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
+            for name in operation.columns:
+                batch.alter_column(name, nullable=nullable, existing_type=operation.existing_type)
+        return
+    for name in operation.columns:
+        def alter(n: str = name) -> None:
+            operations.alter_column(operation.table_name, n, nullable=nullable,
+                                    existing_type=operation.existing_type,
+                                    schema=operation.schema)
+        if context.as_sql:
+            alter()
+        else:
+            run_ddl(operations.get_bind(), f"{operation.key}: ALTER COLUMN {name}", alter)
+
+
+@Operations.implementation_for(RelaxOldNotNullOp)
+def _relax(operations: Operations, operation: RelaxOldNotNullOp) -> None:
+    _alter_nullable(operations, operation, nullable=True)
+
+
+@Operations.implementation_for(RestoreOldNotNullOp)
+def _restore_not_null(operations: Operations, operation: RestoreOldNotNullOp) -> None:
+    context = operations.get_context()
+    if not context.as_sql:
+        conn = operations.get_bind()
+        table = operation.reflect(conn)
+        from sqlalchemy import func, select
+
+        nulls = conn.execute(
+            select(func.count()).select_from(table).where(
+                or_(*(table.c[n].is_(None) for n in operation.columns))
+            )
+        ).scalar_one()
+        if nulls:
+            raise FourStepError(
+                f"{operation.key}: cannot make {', '.join(operation.columns)} NOT NULL again: "
+                f"{nulls} row(s) hold NULL there (written at step 4, or never set). Fill them, "
+                f"or keep the column nullable."
+            )
+    _alter_nullable(operations, operation, nullable=False)

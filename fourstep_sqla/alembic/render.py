@@ -1,0 +1,185 @@
+"""Turning a phased attribute into frozen migration operations, and into text.
+
+A revision must keep working after the models move on, so it carries the SQL
+text of the transforms, rendered for the target dialect with constants
+inline, and names columns, not attributes::
+
+    op.backfill(
+        "users.full_name",
+        "users",
+        old=["name"],
+        new=["first_name", "last_name"],
+        forward_sql={"first_name": "nullif(...)", "last_name": "nullif(...)"},
+    )
+
+A Python-only transform is referenced as ``"module:function"`` instead.
+:func:`backfill_op` and :func:`drop_old_op` build the operations from a
+spec; the renderers registered here write them into ``upgrade()``, with the
+import line the script needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import Column
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import column as column_clause
+
+from ..attribute import PhasedSpec
+from ..errors import FourStepError
+from ..transform import Transform
+from .ops import BackfillOp, DropOldOp, RecordPhaseOp, RestoreOldOp
+
+__all__ = ["backfill_op", "drop_old_op", "transform_sql"]
+
+
+def transform_sql(
+    spec: PhasedSpec,
+    transform: Transform[Any],
+    sources: tuple[Column[Any], ...],
+    targets: tuple[Column[Any], ...],
+    dialect: Dialect,
+) -> dict[str, str] | None:
+    """``{target column: SQL text}`` of ``transform`` for ``dialect`` (None without SQL)."""
+    if transform.sql is None:
+        return None
+    arguments = [column_clause(c.name, c.type) for c in sources]
+    result = transform.sql(*arguments)
+    expressions = result if isinstance(result, tuple) else (result,)
+    if len(expressions) != len(targets):
+        raise FourStepError(
+            f"{spec.describe()}: the SQL form of {transform.name!r} returned "
+            f"{len(expressions)} expression(s) for {len(targets)} column(s)"
+        )
+    return {
+        target.name: str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        for target, expr in zip(targets, expressions)
+    }
+
+
+def _reference(spec: PhasedSpec, transform: Transform[Any], label: str) -> str | None:
+    if transform.sql is not None:
+        return None
+    reference = transform.reference
+    if reference is None:
+        raise FourStepError(
+            f"{spec.describe()}: the {label} transform {transform.name!r} has no SQL form and "
+            f"is not an importable module-level function, so a migration cannot refer to it. "
+            f"Give it a SQL form or define it at module level."
+        )
+    return reference
+
+
+def _table_args(spec: PhasedSpec) -> tuple[str, str | None]:
+    table = spec.table
+    if table is None:
+        raise FourStepError(f"{spec.describe()} is not mapped yet")
+    return table.name, table.schema
+
+
+def backfill_op(spec: PhasedSpec, dialect: Dialect) -> BackfillOp:
+    """The step-3 operation for ``spec``, frozen for ``dialect``."""
+    name, schema = _table_args(spec)
+    return BackfillOp(
+        spec.key,
+        name,
+        old=list(spec.old_column_names),
+        new=list(spec.new_column_names),
+        forward_sql=transform_sql(spec, spec.forward, spec.old_columns, spec.new_columns, dialect),
+        forward=_reference(spec, spec.forward, "forward"),
+        schema=schema,
+    )
+
+
+def drop_old_op(spec: PhasedSpec, dialect: Dialect) -> DropOldOp:
+    """The step-4 operation for ``spec``, frozen for ``dialect``."""
+    name, schema = _table_args(spec)
+    old = [
+        Column(c.name, c.type, nullable=True, server_default=c.server_default)
+        for c in spec.old_columns
+    ]
+    return DropOldOp(
+        spec.key,
+        name,
+        old=old,
+        new=list(spec.new_column_names),
+        forward_sql=transform_sql(spec, spec.forward, spec.old_columns, spec.new_columns, dialect),
+        backward_sql=transform_sql(
+            spec, spec.backward, spec.new_columns, spec.old_columns, dialect
+        ),
+        forward=_reference(spec, spec.forward, "forward"),
+        backward=_reference(spec, spec.backward, "backward"),
+        schema=schema,
+    )
+
+
+# -- renderers ----------------------------------------------------------------------
+def _kwargs(autogen_context: AutogenContext, items: dict[str, Any]) -> str:
+    from alembic.autogenerate import render as alembic_render
+
+    parts = []
+    for key, value in items.items():
+        if value is None:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], Column):
+            columns = ", ".join(
+                alembic_render._render_column(c, autogen_context)
+                for c in value
+            )
+            parts.append(f"{key}=[{columns}]")
+        else:
+            parts.append(f"{key}={value!r}")
+    return ",\n    ".join(parts)
+
+
+def _render(name: str, autogen_context: AutogenContext, head: list[Any], kw: dict[str, Any]) -> str:
+    autogen_context.imports.add("import fourstep_sqla.alembic  # noqa: F401  (fourstep ops)")
+    args = ",\n    ".join([*(repr(h) for h in head), _kwargs(autogen_context, kw)])
+    return f"op.{name}(\n    {args},\n)"
+
+
+@renderers.dispatch_for(BackfillOp)
+def _render_backfill(autogen_context: AutogenContext, op: BackfillOp) -> str:
+    return _render(
+        "backfill",
+        autogen_context,
+        [op.key, op.table_name],
+        {"old": op.old, "new": op.new, "forward_sql": op.forward_sql, "forward": op.forward,
+         "schema": op.schema},
+    )
+
+
+def _render_columns_op(
+    name: str, autogen_context: AutogenContext, op: DropOldOp | RestoreOldOp
+) -> str:
+    return _render(
+        name,
+        autogen_context,
+        [op.key, op.table_name],
+        {"old": op.old, "new": op.new, "forward_sql": op.forward_sql,
+         "backward_sql": op.backward_sql, "forward": op.forward, "backward": op.backward,
+         "schema": op.schema},
+    )
+
+
+@renderers.dispatch_for(DropOldOp)
+def _render_drop_old(autogen_context: AutogenContext, op: DropOldOp) -> str:
+    return _render_columns_op("drop_old", autogen_context, op)
+
+
+@renderers.dispatch_for(RestoreOldOp)
+def _render_restore_old(autogen_context: AutogenContext, op: RestoreOldOp) -> str:
+    return _render_columns_op("restore_old", autogen_context, op)
+
+
+@renderers.dispatch_for(RecordPhaseOp)
+def _render_record_phase(autogen_context: AutogenContext, op: RecordPhaseOp) -> str:
+    return _render(
+        "record_phase",
+        autogen_context,
+        [op.key, op.table_name],
+        {"phase": op.phase, "previous": op.previous, "schema": op.schema},
+    )

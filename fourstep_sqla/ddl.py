@@ -1,0 +1,91 @@
+"""Lock-safe DDL on PostgreSQL.
+
+``ALTER TABLE`` takes an ACCESS EXCLUSIVE lock for a few milliseconds, but
+while it *waits* for that lock (behind a long transaction) it queues every
+other query on the table behind it. Every DDL statement the library issues
+therefore runs with a short ``lock_timeout`` inside a savepoint, and is
+retried a bounded number of times with jittered backoff: an application query
+waits at most about one timeout, and the migration either succeeds once the
+lock is free or fails clearly after its retries.
+
+Elsewhere (SQLite, MySQL/MariaDB) the statement runs as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from .errors import FourStepError
+
+__all__ = ["DDLLockTimeoutError", "LockPolicy", "run_ddl"]
+
+log = logging.getLogger("fourstep_sqla.ddl")
+
+T = TypeVar("T")
+
+
+class DDLLockTimeoutError(FourStepError):
+    """A DDL statement could not get its lock within its retries."""
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long one DDL attempt may wait for its lock, and how often to retry."""
+
+    lock_timeout_ms: int = 500
+    retries: int = 10
+    max_backoff_s: float = 5.0
+
+
+DEFAULT_POLICY = LockPolicy()
+
+
+def _lock_not_available(exc: DBAPIError) -> bool:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state in ("55P03",)
+
+
+def run_ddl(
+    conn: Connection,
+    what: str,
+    statement: Callable[[], T],
+    policy: LockPolicy = DEFAULT_POLICY,
+) -> T:
+    """Run ``statement()`` (which issues DDL on ``conn``) lock-safely."""
+    if conn.dialect.name != "postgresql":
+        return statement()
+    attempt = 0
+    while True:
+        savepoint = conn.begin_nested()
+        try:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(policy.lock_timeout_ms)}ms'")
+            result = statement()
+            conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+            savepoint.commit()
+            return result
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if not _lock_not_available(exc):
+                raise
+            attempt += 1
+            if attempt > policy.retries:
+                raise DDLLockTimeoutError(
+                    f"{what}: could not get the table lock within {policy.lock_timeout_ms} ms "
+                    f"after {policy.retries} retries; a long transaction holds it. Find it in "
+                    f"pg_stat_activity, let it finish, and run the migration again (nothing "
+                    f"of this statement was applied)."
+                ) from exc
+            delay = min(0.1 * 2**attempt, policy.max_backoff_s) * (0.5 + random.random())
+            log.warning(
+                "%s: lock not available within %d ms, retry %d/%d in %.0f ms",
+                what, policy.lock_timeout_ms, attempt, policy.retries, delay * 1000,
+            )
+            time.sleep(delay)
