@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import sync as _sync  # noqa: F401  (registers the flush-time dual-write hooks)
 from .attribute import PhasedAttribute, phased
 from .backfill import BackfillReport, backfill
+from .check import DeployOrderError, check
 from .errors import FourStepError
 from .phase import Phase, read_phase
 from .registry import load_models
@@ -21,12 +22,14 @@ from .verify import VerifyResult, verify
 
 __all__ = [
     "BackfillReport",
+    "DeployOrderError",
     "FourStepError",
     "Phase",
     "PhasedAttribute",
     "Transform",
     "VerifyResult",
     "backfill",
+    "check",
     "load_models",
     "phased",
     "read_phase",
