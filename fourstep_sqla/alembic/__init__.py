@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Column
 
+from . import compare as _compare  # noqa: F401  (registers the autogenerate comparator)
 from . import render as _render  # noqa: F401  (registers the renderers)
 from .ops import (
     BackfillOp,

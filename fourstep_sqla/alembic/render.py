@@ -31,7 +31,14 @@ from sqlalchemy.sql import column as column_clause
 from ..attribute import PhasedSpec
 from ..errors import FourStepError
 from ..transform import Transform
-from .ops import BackfillOp, DropOldOp, RecordPhaseOp, RestoreOldOp
+from .ops import (
+    BackfillOp,
+    DropOldOp,
+    RecordPhaseOp,
+    RelaxOldNotNullOp,
+    RestoreOldNotNullOp,
+    RestoreOldOp,
+)
 
 __all__ = ["backfill_op", "drop_old_op", "transform_sql"]
 
@@ -117,6 +124,13 @@ def drop_old_op(spec: PhasedSpec, dialect: Dialect) -> DropOldOp:
 
 
 # -- renderers ----------------------------------------------------------------------
+class _Code(str):
+    """Already rendered Python source, written as it is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _kwargs(autogen_context: AutogenContext, items: dict[str, Any]) -> str:
     from alembic.autogenerate import render as alembic_render
 
@@ -183,3 +197,25 @@ def _render_record_phase(autogen_context: AutogenContext, op: RecordPhaseOp) -> 
         [op.key, op.table_name],
         {"phase": op.phase, "previous": op.previous, "schema": op.schema},
     )
+
+
+def _render_nullability(
+    name: str, autogen_context: AutogenContext, op: RelaxOldNotNullOp
+) -> str:
+    from alembic.autogenerate import render as alembic_render
+
+    kw: dict[str, Any] = {"schema": op.schema}
+    if op.existing_type is not None:
+        kw = {"existing_type": _Code(alembic_render._repr_type(op.existing_type, autogen_context)),
+              **kw}
+    return _render(name, autogen_context, [op.key, op.table_name, op.columns], kw)
+
+
+@renderers.dispatch_for(RelaxOldNotNullOp)
+def _render_relax(autogen_context: AutogenContext, op: RelaxOldNotNullOp) -> str:
+    return _render_nullability("relax_old_not_null", autogen_context, op)
+
+
+@renderers.dispatch_for(RestoreOldNotNullOp)
+def _render_restore_not_null(autogen_context: AutogenContext, op: RestoreOldNotNullOp) -> str:
+    return _render_nullability("restore_old_not_null", autogen_context, op)

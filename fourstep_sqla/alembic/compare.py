@@ -1,0 +1,140 @@
+"""Autogenerate: the Four Step operations a model's phase calls for.
+
+Active as soon as :mod:`fourstep_sqla.alembic` is imported (a global
+comparator, run after Alembic's own). For every phased attribute whose table
+is in ``target_metadata``, with what the database has (columns and the state
+table):
+
+- step 1 and later, the old column NOT NULL without a server default:
+  ``op.relax_old_not_null`` (replacing Alembic's own ``alter_column`` on that
+  column, and never emitting one back while the model declares it NOT NULL);
+- phase reached ``STOP_READ_OLD`` and the backfill not recorded: ``op.backfill``;
+- ``STOP_WRITE_OLD`` with the old column still in the database: ``op.drop_old``;
+- once dropped, the ``unmapped_column()`` still in the model is hidden from
+  Alembic's comparison, so no ``add_column`` churn appears;
+- the state tables (``fourstep_*``) are never dropped for not being in the
+  application's metadata.
+
+Nothing is emitted once a step is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import comparators
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import ops as alembic_ops
+from alembic.util.langhelpers import DispatchPriority
+from sqlalchemy import MetaData, inspect
+
+from ..attribute import PhasedSpec
+from ..phase import Phase
+from ..registry import all_specs
+from ..state import STATE_METADATA, read_state
+from .ops import RelaxOldNotNullOp
+from .render import backfill_op, drop_old_op
+
+__all__ = ["fourstep_operations"]
+
+STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables)
+
+
+def _metadatas(autogen_context: AutogenContext) -> list[MetaData]:
+    metadata = autogen_context.metadata
+    if metadata is None:
+        return []
+    if isinstance(metadata, MetaData):
+        return [metadata]
+    return list(metadata)
+
+
+def _table_ops(upgrade_ops: alembic_ops.UpgradeOps, spec: PhasedSpec) -> list[Any]:
+    table = spec.table
+    assert table is not None
+    return [
+        op
+        for op in upgrade_ops.ops
+        if isinstance(op, alembic_ops.ModifyTableOps)
+        and op.table_name == table.name
+        and op.schema == table.schema
+    ]
+
+
+def _touches(op: Any, names: set[str], kind: str) -> bool:
+    if kind == "alter":
+        return isinstance(op, alembic_ops.AlterColumnOp) and op.column_name in names
+    return isinstance(op, alembic_ops.AddColumnOp) and op.column.name in names
+
+
+def _remove_column_ops(
+    upgrade_ops: alembic_ops.UpgradeOps, spec: PhasedSpec, names: set[str], kind: str
+) -> None:
+    for table_ops in _table_ops(upgrade_ops, spec):
+        table_ops.ops = [op for op in table_ops.ops if not _touches(op, names, kind)]
+    upgrade_ops.ops = [
+        op
+        for op in upgrade_ops.ops
+        if not (isinstance(op, alembic_ops.ModifyTableOps) and not op.ops)
+    ]
+
+
+def fourstep_operations(
+    autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps
+) -> list[Any]:
+    """The fourstep operations for this autogenerate run (and the churn removed)."""
+    connection = autogen_context.connection
+    dialect = autogen_context.dialect
+    if connection is None or dialect is None:
+        return []
+    # the state tables are fourstep's, not the application's: never drop them
+    upgrade_ops.ops = [
+        op
+        for op in upgrade_ops.ops
+        if not (isinstance(op, alembic_ops.DropTableOp) and op.table_name in STATE_TABLES)
+    ]
+    metadatas = _metadatas(autogen_context)
+    inspector = inspect(connection)
+    emitted: list[Any] = []
+    for spec in all_specs():
+        table = spec.table
+        if table is None or table.metadata not in metadatas:
+            continue
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        columns = {c["name"]: c for c in inspector.get_columns(table.name, schema=table.schema)}
+        old_names = set(spec.old_column_names)
+        old_in_db = [n for n in spec.old_column_names if n in columns]
+        # Alembic's own nullability changes on old columns are ours to make
+        _remove_column_ops(upgrade_ops, spec, old_names, "alter")
+        if not old_in_db:
+            # dropped already: the unmapped_column() must not come back
+            _remove_column_ops(upgrade_ops, spec, old_names, "add")
+            continue
+        strict = [
+            n for n in old_in_db
+            if not columns[n]["nullable"] and columns[n].get("default") is None
+        ]
+        if strict:
+            emitted.append(RelaxOldNotNullOp(
+                spec.key, table.name, strict,
+                existing_type=spec.old_columns[spec.old_column_names.index(strict[0])].type,
+                schema=table.schema,
+            ))
+        state = read_state(connection, spec.key)
+        backfilled = state is not None and (
+            state.run_status == "complete"
+            or (state.recorded_phase is not None and state.recorded_phase >= 3)
+        )
+        new_in_db = all(n in columns for n in spec.new_column_names)
+        if spec.phase >= Phase.STOP_READ_OLD and not backfilled and new_in_db:
+            emitted.append(backfill_op(spec, dialect))
+        if spec.phase is Phase.STOP_WRITE_OLD and new_in_db:
+            emitted.append(drop_old_op(spec, dialect))
+    upgrade_ops.ops.extend(emitted)
+    return emitted
+
+
+@comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)
+def _compare(autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps) -> None:
+    fourstep_operations(autogen_context, upgrade_ops)
