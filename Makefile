@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python -m fourstep_sqla.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
