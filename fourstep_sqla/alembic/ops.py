@@ -42,7 +42,7 @@ from sqlalchemy.types import TypeEngine
 
 from ..attribute import PhasedSpec
 from ..backfill import BackfillError, ExternalTransactionError, backfill
-from ..ddl import run_ddl
+from ..ddl import LockPolicy, run_ddl
 from ..errors import FourStepError
 from ..phase import Phase
 from ..state import record_phase
@@ -119,6 +119,17 @@ def frozen_transform(
 
 def _column_names(columns: Sequence[Column[Any] | str]) -> list[str]:
     return [c if isinstance(c, str) else c.name for c in columns]
+
+
+def lock_policy(operations: Operations) -> LockPolicy:
+    """The DDL lock policy: ``context.configure(fourstep_lock_timeout_ms=...,
+    fourstep_lock_retries=...)`` in env.py, else 500 ms and 10 retries."""
+    opts = operations.get_context().opts
+    default = LockPolicy()
+    return LockPolicy(
+        lock_timeout_ms=int(opts.get("fourstep_lock_timeout_ms", default.lock_timeout_ms)),
+        retries=int(opts.get("fourstep_lock_retries", default.retries)),
+    )
 
 
 class _KeyedOp(MigrateOperation):
@@ -448,7 +459,7 @@ def _drop_columns(operations: Operations, operation: _OldColumnsOp) -> None:
             continue
         conn = operations.get_bind()
         run_ddl(conn, what, lambda n=name: operations.drop_column(  # type: ignore[misc]
-            operation.table_name, n, schema=operation.schema))
+            operation.table_name, n, schema=operation.schema), lock_policy(operations))
 
 
 @Operations.implementation_for(RestoreOldOp)
@@ -464,7 +475,8 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
         else:
             run_ddl(operations.get_bind(), f"{operation.key}: ADD COLUMN {col.name}",
                     lambda c=restored: operations.add_column(  # type: ignore[misc]
-                        operation.table_name, c, schema=operation.schema))
+                        operation.table_name, c, schema=operation.schema),
+                    lock_policy(operations))
     if context.as_sql:
         if backward.sql is None:
             raise FourStepError(f"{operation.key}: offline restore needs a SQL backward form")
@@ -567,7 +579,8 @@ def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullab
         if context.as_sql:
             alter()
         else:
-            run_ddl(operations.get_bind(), f"{operation.key}: ALTER COLUMN {name}", alter)
+            run_ddl(operations.get_bind(), f"{operation.key}: ALTER COLUMN {name}", alter,
+                    lock_policy(operations))
 
 
 @Operations.implementation_for(RelaxOldNotNullOp)
