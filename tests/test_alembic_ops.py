@@ -363,3 +363,34 @@ def test_sqlite_engine_is_a_file(sqlite_engine: Engine) -> None:
     # would be a different database on each of them
     assert sqlite_engine.url.database and sqlite_engine.url.database != ":memory:"
     assert create_engine(sqlite_engine.url).dialect.name == "sqlite"
+
+
+class TestWriteRevision:
+    def test_step_revisions_without_autogenerate(self, engine: Engine, tmp_path: Path) -> None:
+        import shutil
+
+        from fourstep_sqla.alembic.revision import write_revision
+
+        env = Env(tmp_path, engine)
+        shutil.copy(
+            Path(command.__file__).parent / "templates" / "generic" / "script.py.mako",
+            env.dir / "script.py.mako",
+        )
+        env.revision("s0", None, STEP0, 'op.drop_table("users")')
+        env.revision("s1", "s0", STEP1, STEP1_DOWN)
+        spec3 = _model(Phase.STOP_READ_OLD).full_name.descriptor.spec
+        path3 = write_revision(env.config, spec3, 3, "backfill users.full_name")
+        body3 = Path(path3).read_text()
+        assert "import fourstep_sqla.alembic  # noqa: F401  (fourstep ops)" in body3
+        assert "op.backfill(\n        'users.full_name'," in body3
+        downgrade = "op.record_phase(\n        'users.full_name',\n        'users',\n"
+        downgrade += "        phase=2,"
+        assert downgrade in body3
+        spec4 = _model(Phase.STOP_WRITE_OLD).full_name.descriptor.spec
+        path4 = write_revision(env.config, spec4, 4, None)
+        assert "op.drop_old(" in Path(path4).read_text()
+        assert "op.restore_old(" in Path(path4).read_text()
+        command.upgrade(env.config, "head")
+        assert env.rows()[2] == (3, "Cher", None)
+        command.downgrade(env.config, "s1")
+        assert env.rows()[0] == (1, "Ada Lovelace", "Ada", "Lovelace")
