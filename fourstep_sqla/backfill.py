@@ -28,7 +28,9 @@ How it stays safe on a big, busy table:
 - **Lock manners on PostgreSQL**: ``lock_timeout`` is set below
   ``deadlock_timeout`` so the backfill, not the application, gives way; lock
   timeouts, deadlocks and serialization failures are retried a bounded number
-  of times with jittered backoff; a statement timeout halves the batch.
+  of times with jittered backoff; a statement timeout halves the batch. Batches
+  commit with ``synchronous_commit = off``: a server crash can lose the last few,
+  each together with its progress row, so the resume simply redoes them.
 - **SQL mode** (the forward transform has a SQL form): one set-based UPDATE
   per batch. **Python mode** otherwise: read the pending rows of a batch,
   compute in Python, write them with one statement guarded by
@@ -72,6 +74,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -498,7 +501,9 @@ class _Run:
                 self.progress_callback(snapshot)
             # steer toward the target duration, at most x2 or /2 per step; in
             # Python mode only the write holds row locks, so steer on the write
-            steer = elapsed if self.mode == "sql" else self.last_write_seconds
+            steer = elapsed
+            if self.mode == "python" and self.last_write_seconds >= 0:
+                steer = self.last_write_seconds
             if self.target > 0 and steer > 0:
                 factor = min(max(self.target / steer, 0.5), 2.0)
                 batch_size = int(min(max(batch_size * factor, MIN_BATCH), MAX_BATCH))
@@ -509,13 +514,6 @@ class _Run:
 
     def _begin_batch(self, conn: Connection) -> None:
         conn.begin()
-        if conn.dialect.name == "postgresql":
-            # custom plans: psycopg prepares repeated statements, and a generic plan
-            # for "pk > $1 AND pk <= $2" joined to unnest($3) can scan the whole table
-            conn.exec_driver_sql(
-                f"SET LOCAL lock_timeout = '{int(self.lock_timeout())}ms'; "
-                "SET LOCAL plan_cache_mode = force_custom_plan"
-            )
 
     def lock_timeout(self) -> float:
         return self._lock_timeout
@@ -531,6 +529,29 @@ class _Run:
         ceiling = max(float(deadlock) / 2, 10.0)
         wanted = self.lock_timeout_ms if self.lock_timeout_ms is not None else 500.0
         self._lock_timeout = min(wanted, ceiling)
+        # for the session, not per batch: one round trip less per batch.
+        # custom plans: psycopg prepares repeated statements, and a generic plan
+        # for "pk > $1 AND pk <= $2" joined to a batch of rows can scan the table
+        # synchronous_commit off: a crash may lose the last few batches, but each
+        # one with its own progress row (same transaction), so the resume redoes
+        # exactly those; in exchange no batch waits for its WAL flush
+        conn.exec_driver_sql(
+            f"SET lock_timeout = '{int(self._lock_timeout)}ms'; "
+            "SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off"
+        )
+        conn.commit()
+
+    @staticmethod
+    def teardown_session(conn: Connection) -> None:
+        """Undo :meth:`setup_session` before the connection goes back to its pool."""
+        if conn.dialect.name != "postgresql" or conn.closed:
+            return
+        if conn.in_transaction():
+            conn.rollback()
+        conn.exec_driver_sql(
+            "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit"
+        )
+        conn.commit()
 
     def run_batch(
         self,
@@ -545,7 +566,16 @@ class _Run:
         self._begin_batch(conn)
         try:
             if self.mode == "sql":
-                updated, skipped = self._sql_batch(conn, run_id, lower, hi)
+                try:
+                    updated, skipped = self._sql_batch(conn, lower, hi)
+                except DBAPIError as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    # a row's value broke the SQL transform: redo the batch finding
+                    # which rows, under savepoints (rare, so the fast path has none)
+                    conn.rollback()
+                    self._begin_batch(conn)
+                    updated, skipped = self._sql_batch_bisected(conn, run_id, lower, hi)
             else:
                 updated, skipped = self._python_batch(conn, run_id, lower, hi)
             conn.execute(
@@ -580,20 +610,16 @@ class _Run:
             .values({c: f for c, f in zip(spec.new_columns, forward)})
         )
 
-    def _sql_batch(
+    def _sql_batch(self, conn: Connection, lower: Key | None, hi: Key) -> tuple[int, list[Key]]:
+        result = conn.execute(self._sql_update(self.keys.between(lower, hi)))
+        return int(result.rowcount), []
+
+    def _sql_batch_bisected(
         self, conn: Connection, run_id: str, lower: Key | None, hi: Key
     ) -> tuple[int, list[Key]]:
-        try:
-            with conn.begin_nested():
-                result = conn.execute(self._sql_update(self.keys.between(lower, hi)))
-            return int(result.rowcount), []
-        except DBAPIError as exc:
-            if not _is_data_error(exc):
-                raise
-            # a row's value broke the SQL transform: find which, under savepoints
-            keys = self.keys.keys_in(conn, lower, hi, self.pending())
-            updated, failed = self._bisect(conn, keys)
-            return self._settle_failures(conn, run_id, updated, failed)
+        keys = self.keys.keys_in(conn, lower, hi, self.pending())
+        updated, failed = self._bisect(conn, keys)
+        return self._settle_failures(conn, run_id, updated, failed)
 
     def _bisect(self, conn: Connection, keys: list[Key]) -> tuple[int, list[tuple[Key, str]]]:
         if not keys:
@@ -675,23 +701,12 @@ class _Run:
                 .where(self.keys.between(lower, hi), self.pending())
                 .order_by(*self.keys.order_by())
             ).all()
-            rows = [r for r in rows if tuple(r[:width]) not in skipped]
+            if skipped:
+                rows = [r for r in rows if tuple(r[:width]) not in skipped]
             if not rows:
+                self.last_write_seconds = -1.0  # nothing written: steer on the batch
                 return total_updated, skipped
-            writes: list[tuple[Key, tuple[Any, ...], tuple[Any, ...]]] = []
-            failed: list[tuple[Key, str]] = []
-            for row in rows:
-                key = tuple(row[:width])
-                old = tuple(row[width:])
-                try:
-                    new = spec.forward_values(old, row=key)
-                except FourStepError as exc:
-                    cause = exc.__cause__ or exc
-                    failed.append((key, f"{type(cause).__name__}: {cause}"))
-                    continue
-                if new.count(None) == len(new):
-                    continue  # forward(old) is empty: nothing to write
-                writes.append((key, old, new))
+            writes, failed = self._compute(rows, width)
             if failed and self.on_error == "stop":
                 self._settle_failures(conn, run_id, 0, failed)
             write_started = time.monotonic()
@@ -708,41 +723,95 @@ class _Run:
             )
         return total_updated, skipped
 
+    def _compute(
+        self, rows: Sequence[Any], width: int
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Key, str]]]:
+        """``(pk..., old..., new...)`` per row to write, and the rows that failed.
+
+        The pending predicate guarantees some old value is not NULL, so the
+        transform is called on every row (the None pass-through never applies).
+        The fast path is one comprehension; on any exception the chunk is redone
+        row by row to name the failing keys.
+        """
+        spec = self.spec
+        python = spec.forward.python
+        n_new = len(spec.new_columns)
+        try:
+            results = [python(*row[width:]) for row in rows]
+        except Exception:
+            results = None
+        writes: list[tuple[Any, ...]] = []
+        failed: list[tuple[Key, str]] = []
+        if results is not None:
+            if n_new == 1:
+                writes = [(*row, res) for row, res in zip(rows, results) if res is not None]
+                return writes, failed
+            for row, res in zip(rows, results):
+                if type(res) is not tuple or len(res) != n_new:
+                    res = spec._widen(res, n_new, spec.forward, "forward")
+                if res.count(None) != n_new:
+                    writes.append((*row, *res))
+            return writes, failed
+        for row in rows:
+            key = tuple(row[:width])
+            try:
+                new = spec.forward_values(tuple(row[width:]), row=key)
+            except FourStepError as exc:
+                cause = exc.__cause__ or exc
+                failed.append((key, f"{type(cause).__name__}: {cause}"))
+                continue
+            if new.count(None) != n_new:  # forward(old) empty: nothing to write
+                writes.append((*row, *new))
+        return writes, failed
+
     def _write_python(
         self,
         conn: Connection,
-        writes: Sequence[tuple[Key, tuple[Any, ...], tuple[Any, ...]]],
+        writes: Sequence[tuple[Any, ...]],
         in_range: ColumnElement[bool],
     ) -> int:
+        """Write ``(pk..., old..., new...)`` rows, guarded by compare-and-set on old."""
         if not writes:
             return 0
         spec = self.spec
         pk = self.keys.columns
         if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import ARRAY, JSON
+            from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
             columns = [*pk, *spec.old_columns, *spec.new_columns]
             names = [f"c{i}" for i in range(len(columns))]
-            flat = [w[0] + w[1] + w[2] for w in writes]
-            typed = [column(n, c.type) for n, c in zip(names, columns)]
-            if all(type(v) in _JSON_NATIVE for row in flat for v in row):
-                # one JSON document parsed by the server: far cheaper to send than
-                # per-element array dumps, for the types JSON carries exactly
-                payload = json.dumps(
-                    [dict(zip(names, row)) for row in flat], separators=(",", ":")
+            try:
+                # one JSON document of arrays, parsed by the server: far cheaper to
+                # send than per-element array dumps, for the types JSON carries exactly
+                payload = json.dumps(writes, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError):
+                payload = None
+            rows: Any
+            if payload is not None:
+                elements = (
+                    func.jsonb_array_elements(
+                        sql_cast(bindparam("rows", value=payload, type_=Text()), JSONB)
+                    )
+                    .table_valued("value")
+                    .alias("e")
                 )
-                source: Any = func.json_to_recordset(
-                    sql_cast(bindparam("rows", value=payload, type_=Text()), JSON)
-                )
+                rows = select(
+                    *(
+                        sql_cast(elements.c.value.op("->>")(literal_column(str(i))), c.type)
+                        .label(n)
+                        for i, (n, c) in enumerate(zip(names, columns))
+                    )
+                ).subquery("v")
             else:
                 arrays = [
-                    bindparam(f"a{i}", value=[row[i] for row in flat], type_=ARRAY(c.type))
+                    bindparam(f"a{i}", value=[row[i] for row in writes], type_=ARRAY(c.type))
                     for i, c in enumerate(columns)
                 ]
-                source = func.unnest(*arrays)
-            rows = source.table_valued(*typed).render_derived(
-                name="v", with_types=source.name == "json_to_recordset"
-            )
+                rows = (
+                    func.unnest(*arrays)
+                    .table_valued(*(column(n, c.type) for n, c in zip(names, columns)))
+                    .render_derived(name="v")
+                )
             n_pk, n_old = len(pk), len(spec.old_columns)
             key_cols = [rows.c[n] for n in names[:n_pk]]
             old_cols = [rows.c[n] for n in names[n_pk : n_pk + n_old]]
@@ -776,14 +845,12 @@ class _Run:
             )
             .values({c: bindparam(f"n{i}") for i, c in enumerate(spec.new_columns)})
         )
-        params = [
-            {
-                **{f"k{i}": v for i, v in enumerate(key)},
-                **{f"o{i}": v for i, v in enumerate(old)},
-                **{f"n{i}": v for i, v in enumerate(new)},
-            }
-            for key, old, new in writes
+        names = [
+            *(f"k{i}" for i in range(len(pk))),
+            *(f"o{i}" for i in range(len(spec.old_columns))),
+            *(f"n{i}" for i in range(len(spec.new_columns))),
         ]
+        params = [dict(zip(names, row)) for row in writes]
         return int(conn.execute(stmt, params).rowcount)
 
     # -- the end -------------------------------------------------------------------
@@ -826,8 +893,6 @@ class _Run:
         upper: Key | None = decode_key(text)
         return upper
 
-
-_JSON_NATIVE = (str, int, bool, type(None))
 
 
 def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:
@@ -948,8 +1013,11 @@ def backfill(
         )
         return run.report
     finally:
-        if owned:
-            conn.close()
+        try:
+            run.teardown_session(conn)
+        finally:
+            if owned:
+                conn.close()
 
 
 def _run_threads(run: _Run, engine: Engine, run_id: str, workers: int) -> None:
@@ -959,7 +1027,10 @@ def _run_threads(run: _Run, engine: Engine, run_id: str, workers: int) -> None:
         try:
             with engine.connect() as conn, engine.connect() as lease:
                 run.setup_session(conn)
-                run.work(conn, lease, run_id)
+                try:
+                    run.work(conn, lease, run_id)
+                finally:
+                    run.teardown_session(conn)
         except BaseException as exc:
             errors.append(exc)
             run.stop_event.set()

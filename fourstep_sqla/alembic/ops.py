@@ -578,9 +578,41 @@ def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullab
                                     schema=operation.schema)
         if context.as_sql:
             alter()
+        elif not nullable and context.dialect.name == "postgresql":
+            _set_not_null_postgresql(operations, operation, name)
         else:
             run_ddl(operations.get_bind(), f"{operation.key}: ALTER COLUMN {name}", alter,
                     lock_policy(operations))
+
+
+def _set_not_null_postgresql(
+    operations: Operations, operation: RelaxOldNotNullOp, name: str
+) -> None:
+    """SET NOT NULL without scanning the table under ACCESS EXCLUSIVE.
+
+    ``CHECK (col IS NOT NULL) NOT VALID`` (instant), ``VALIDATE CONSTRAINT``
+    (scans under SHARE UPDATE EXCLUSIVE: writes go on), then ``SET NOT NULL``,
+    which PostgreSQL 12+ proves from the valid check without a scan, then the
+    check is dropped. Each statement is lock-safe (lock_timeout and retries).
+    """
+    conn = operations.get_bind()
+    policy = lock_policy(operations)
+    prep = conn.dialect.identifier_preparer
+    table = prep.quote(operation.table_name)
+    if operation.schema:
+        table = f"{prep.quote_schema(operation.schema)}.{table}"
+    column = prep.quote(name)
+    check = prep.quote(f"fourstep_nn_{operation.table_name}_{name}"[:63])
+    what = f"{operation.key}: SET NOT NULL {name}"
+    run_ddl(conn, what, lambda: conn.exec_driver_sql(
+        f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
+    ), policy)
+    run_ddl(conn, what, lambda: conn.exec_driver_sql(
+        f"ALTER TABLE {table} VALIDATE CONSTRAINT {check}"), policy)
+    run_ddl(conn, what, lambda: conn.exec_driver_sql(
+        f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL"), policy)
+    run_ddl(conn, what, lambda: conn.exec_driver_sql(
+        f"ALTER TABLE {table} DROP CONSTRAINT {check}"), policy)
 
 
 @Operations.implementation_for(RelaxOldNotNullOp)
