@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m fourstep_sqla.demo
+	$(BIN)/fourstep demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -514,6 +514,13 @@ class _Run:
 
     def _begin_batch(self, conn: Connection) -> None:
         conn.begin()
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens a transaction only before DML, so a SAVEPOINT (the
+            # bisection path) would start one of its own and RELEASE would commit
+            # part of the batch without its progress row: begin explicitly
+            raw = conn.connection.driver_connection
+            if raw is not None and not getattr(raw, "in_transaction", True):
+                conn.exec_driver_sql("BEGIN")
 
     def lock_timeout(self) -> float:
         return self._lock_timeout

@@ -1,0 +1,977 @@
+"""The ``fourstep`` command line: status, backfill and verify of phased attributes.
+
+Usage::
+
+    fourstep COMMAND [OPTIONS] [KEY ...]
+
+``KEY`` is a registry key such as ``users.full_name`` (``"<table>.<attribute>"``,
+or the ``key=`` given to ``phased()``). Without keys, a command works on every
+phased attribute of the models module, in key order.
+
+Commands
+--------
+``status``
+    For each phased attribute: the phase declared in code, the rows of its
+    table, the rows still pending (every new column NULL and some old column
+    not NULL, counted in SQL; when the forward transform has a SQL form, rows
+    whose ``forward(old)`` is empty are not counted, as the backfill leaves
+    them alone), the rows the backfill skipped, the status of the last backfill
+    run and the last verification (when, ok, missing, mismatched). Read-only.
+``backfill``
+    Write ``new = forward(old)`` into every pending row, in primary-key batches,
+    each committed with its progress: a run stopped at any moment (Ctrl-C, a
+    deploy timeout, ``kill -9``) resumes after its last committed batch when
+    started again. Options:
+
+    ``--batch-size N``      rows in the first batch (default 1000), then adapted
+                            toward ``--target-ms``
+    ``--target-ms MS``      target duration of one batch (default 40); 0 keeps
+                            the batch size fixed
+    ``--pause-ms MS``       sleep between batches (default 0)
+    ``--max-seconds S``     time budget for the whole command; when it runs out
+                            the command stops after the batch in flight (exit 3)
+    ``--workers N``         threads sharing the key ranges (default 1; on SQLite
+                            the ranges run one after the other)
+    ``--on-error stop|skip`` when the transform fails on a row: stop, writing
+                            nothing of that batch (default), or record the row
+                            in ``fourstep_skipped`` and go on (exit 1 at the end)
+    ``--dry-run``           count the pending rows; write nothing
+    ``--lock-timeout-ms MS`` PostgreSQL lock_timeout per batch (capped below half
+                            of the server's deadlock_timeout)
+``verify``
+    Compare ``forward(old)`` with ``new`` for every row (read-only) and record
+    the result for ``status``. Options: ``--batch-size N`` (rows per scan
+    batch, default 50000), ``--sample-size N`` (keys of bad rows to show,
+    default 10).
+    ``status --check`` also runs the deploy-order guard (:func:`fourstep_sqla.check`)
+    and exits 1 when this code must not run on this database.
+``revision --step 2|3|4 KEY -m MESSAGE``
+    Write the Alembic revision of that step for one phased attribute, without
+    autogenerate: the same operations the autogenerate comparator emits, with
+    the transforms' SQL rendered for the database's dialect. Uses
+    ``alembic.ini`` (or ``--config``) for the script location.
+``demo [--url URL]``
+    Walk the four steps on an embedded SQLite file (or ``--url``), narrated:
+    data, each step's upgrade, writes through the phased attribute with a
+    live writer, backfill, verify, drop, and a downgrade that restores every
+    value. Needs no models module.
+
+Common options (after the command)
+----------------------------------
+``--url URL``       the database (SQLAlchemy URL). Else ``FOURSTEP_DATABASE_URL``,
+                    else ``sqlalchemy.url`` of the ``[alembic]`` section of
+                    ``alembic.ini`` in the current directory (``%(here)s`` is
+                    the file's directory).
+``--config PATH``   read that ini file instead of ``./alembic.ini``.
+``--models MODULE`` the models module, dotted (``myapp.models``), imported with
+                    the current directory on ``sys.path``. Else ``FOURSTEP_MODELS``.
+``--json``          JSON lines on stdout even on a terminal.
+``-v``, ``--verbose``  log to stderr (``-v`` info, ``-vv`` debug, ``-vvv`` SQL too).
+
+Output
+------
+On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
+``--json``: one JSON object per line, each with an ``"event"`` field:
+
+- ``status``: key, table, phase, phase_number, recorded_phase, mode, old, new,
+  rows_total, rows_pending, skipped, run_status, rows_updated, verified_at,
+  verify_ok, verify_total, verify_missing, verify_mismatched, note;
+- ``progress`` (backfill, at most about one a second per attribute): key,
+  rows_updated, batches, rows_pending_at_start, elapsed, rows_per_second,
+  eta_seconds, batch_size, last_batch_ms;
+- ``done`` (backfill, one per attribute): key, mode, rows_updated, batches,
+  seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run;
+- ``verify``: key, ok, total, missing, mismatched, sample_keys, seconds, mode;
+- ``error``: key, error (a backfill or verification that failed).
+
+Primary keys are shown as JSON arrays, one item per key column.
+
+Exit codes
+----------
+- 0: done and consistent;
+- 1: a backfill failed or skipped rows, ``verify`` found missing or
+  mismatched rows, or the database failed while a command ran;
+- 2: usage or configuration error (bad option, unknown key, no or unreachable
+  database, models module missing or failing to import): one line on stderr,
+  starting with ``fourstep: error:``;
+- 3: ``backfill`` did not finish: its ``--max-seconds`` budget ran out with
+  rows left (or other processes still hold ranges of the run); run it again to
+  resume;
+- 130: interrupted (Ctrl-C); a backfill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import datetime as dt
+import decimal
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from sqlalchemy import Engine, and_, case, create_engine, func, inspect, make_url, or_, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from .backfill import BackfillProgress, BackfillReport, backfill
+from .errors import FourStepError
+from .registry import all_specs, load_models
+from .state import AttributeState, read_state
+from .verify import VerifyResult, verify
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .attribute import PhasedSpec
+
+__all__ = ["main"]
+
+PROG = "fourstep"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+#: seconds between two JSON progress events of one attribute
+PROGRESS_INTERVAL = 1.0
+
+
+log = logging.getLogger("fourstep_sqla.cli")
+
+
+class UsageError(Exception):
+    """Bad input or configuration: one line on stderr, exit 2."""
+
+
+# -- small helpers ------------------------------------------------------------
+def _one_line(text: str) -> str:
+    """``text`` on one line: its non-empty lines joined."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _keys_json(keys: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [list(k) for k in keys]
+
+
+def _have_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fmt_int(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _fmt_when(value: dt.datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M")
+
+
+class _Output:
+    """Where results go: JSON lines, or a rich/plain rendering on a terminal."""
+
+    def __init__(self, force_json: bool) -> None:
+        tty = sys.stdout.isatty()
+        self.json = force_json or not tty
+        self.rich = not self.json and _have_rich()
+        self._lock = threading.Lock()
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+        return self._console
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, default=_jsonable)
+        with self._lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def text(self, line: str) -> None:
+        if self.rich:
+            self.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        if self.rich:
+            from rich import box
+            from rich.table import Table
+
+            table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+            for i, header in enumerate(headers):
+                table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+            for row in rows:
+                table.add_row(*row)
+            wide = self.console.options.update_width(10_000)
+            if self.console.measure(table, options=wide).maximum <= self.console.width:
+                self.console.print(table)
+                return
+            # too narrow for one line per key: one small table per key
+            for row in rows:
+                card = Table(title=row[0], title_justify="left", box=box.SIMPLE, show_header=False)
+                card.add_column(style="bold")
+                card.add_column(overflow="fold")
+                for header, cell in zip(headers[1:], row[1:]):
+                    card.add_row(header, cell)
+                self.console.print(card)
+            return
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        print(title)
+        print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        sys.stdout.flush()
+
+
+# -- argument parsing ------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that do not exit the interpreter."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{PROG} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fourstep`` (exposed for documentation tools)."""
+    from . import __version__
+
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--url", help="database URL (else FOURSTEP_DATABASE_URL, else alembic.ini)")
+    group.add_argument(
+        "--config", metavar="PATH", help="ini file with sqlalchemy.url (default ./alembic.ini)"
+    )
+    group.add_argument(
+        "--models", metavar="MODULE", help="models module, dotted (else FOURSTEP_MODELS)"
+    )
+    group.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (repeat for more)"
+    )
+    group.add_argument("keys", nargs="*", metavar="KEY", help="registry keys (default: all)")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Status, backfill and verification of fourstep_sqla phased attributes.",
+        epilog="Exit codes: 0 done and consistent; 1 a backfill failed or skipped rows, or "
+        "verify found missing/mismatched rows; 2 usage or configuration error; 3 the backfill "
+        "did not finish (time budget spent) with rows left: run it again to resume.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    st = commands.add_parser(
+        "status", parents=[common], help="phase, pending rows, backfill and verify state"
+    )
+
+    bf = commands.add_parser("backfill", parents=[common], help="write new = forward(old)")
+    bf.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                    help="rows in the first batch (default 1000)")
+    bf.add_argument("--target-ms", type=_non_negative_float, default=40.0, metavar="MS",
+                    help="target batch duration; 0 keeps the batch size fixed (default 40)")
+    bf.add_argument("--pause-ms", type=_non_negative_float, default=0.0, metavar="MS",
+                    help="sleep between batches (default 0)")
+    bf.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
+                    help="time budget; exit 3 when it runs out with rows left")
+    bf.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                    help="parallel workers (default 1)")
+    bf.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                    help="when the transform fails on a row (default stop)")
+    bf.add_argument("--dry-run", action="store_true", help="count pending rows, write nothing")
+    bf.add_argument("--lock-timeout-ms", type=_positive_float, default=None, metavar="MS",
+                    help="PostgreSQL lock_timeout per batch")
+
+    vf = commands.add_parser("verify", parents=[common], help="compare forward(old) with new")
+    vf.add_argument("--batch-size", type=_positive_int, default=50_000, metavar="N",
+                    help="rows per scan batch (default 50000)")
+    vf.add_argument("--sample-size", type=_positive_int, default=10, metavar="N",
+                    help="keys of bad rows to report (default 10)")
+
+    st.add_argument("--check", action="store_true",
+                    help="exit 1 when this code's phases do not fit the database")
+
+    rv = commands.add_parser("revision", parents=[common],
+                             help="write the Alembic revision of a step (2, 3 or 4)")
+    rv.add_argument("--step", type=int, choices=(2, 3, 4), required=True)
+    rv.add_argument("-m", "--message", default=None)
+
+    dm = commands.add_parser("demo", help="walk the four steps on an embedded SQLite database")
+    dm.add_argument("--url", default=None, help="database URL (default: a new SQLite file)")
+    dm.add_argument("--rows", type=_positive_int, default=5000, help="rows to start with")
+    return parser
+
+
+# -- configuration -----------------------------------------------------------------
+def _setup_logging(verbosity: int) -> None:
+    class _StderrHandler(logging.Handler):
+        # writes to whatever sys.stderr is now (rich redirects it under a live display)
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                sys.stderr.write(self.format(record) + "\n")
+                sys.stderr.flush()
+            except Exception:
+                self.handleError(record)
+
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("fourstep_sqla")
+    ours.addHandler(handler)
+    ours.propagate = False
+    ours.setLevel(
+        logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    )
+    if verbosity >= 3:
+        sql = logging.getLogger("sqlalchemy.engine")
+        sql.addHandler(handler)
+        sql.setLevel(logging.INFO)
+
+
+def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The database URL and where it came from."""
+    if args.url:
+        return str(args.url), "--url"
+    env = os.environ.get("FOURSTEP_DATABASE_URL", "").strip()
+    if env:
+        return env, "FOURSTEP_DATABASE_URL"
+    path = str(args.config) if args.config else "alembic.ini"
+    if not os.path.isfile(path):
+        if args.config:
+            raise UsageError(f"--config {path}: no such file")
+        raise UsageError(
+            "no database URL: pass --url, set FOURSTEP_DATABASE_URL, or run where an "
+            "alembic.ini sets sqlalchemy.url (or point --config at one)"
+        )
+    ini = configparser.ConfigParser(
+        defaults={"here": os.path.dirname(os.path.abspath(path))}
+    )
+    try:
+        ini.read(path, encoding="utf-8")
+        url = ini.get("alembic", "sqlalchemy.url", fallback="").strip()
+    except configparser.Error as exc:
+        raise UsageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not url:
+        raise UsageError(
+            f"no database URL: {path} sets no sqlalchemy.url in its [alembic] section; "
+            f"pass --url or set FOURSTEP_DATABASE_URL"
+        )
+    return url, path
+
+
+def _scrub(text: str, url: URL) -> str:
+    password = url.password
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _connect(url_text: str, source: str, workers: int) -> Engine:
+    """An engine on ``url_text``, connected once to fail early and clearly."""
+    try:
+        url = make_url(url_text)
+    except (ArgumentError, ValueError):
+        raise UsageError(f"invalid database URL (from {source})") from None
+    shown = url.render_as_string(hide_password=True)
+    kwargs: dict[str, Any] = {}
+    backend = url.get_backend_name()
+    if backend == "postgresql" and "connect_timeout" not in url.query:
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    if backend != "sqlite":
+        # each worker holds a batch connection and a lease connection
+        kwargs["pool_size"] = max(5, 2 * workers + 2)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ImportError, ArgumentError, TypeError) as exc:
+        message = _scrub(f"{type(exc).__name__}: {exc}", url)
+        raise UsageError(f"cannot use database URL {shown} (from {source}): {message}") from None
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        engine.dispose()
+        detail = _scrub(_one_line(str(exc.orig)), url)
+        raise UsageError(
+            f"cannot connect to the database at {shown} (from {source}): "
+            f"{type(exc.orig).__name__}: {detail}"
+        ) from None
+    return engine
+
+
+def _load_specs(args: argparse.Namespace) -> list[PhasedSpec]:
+    """Import the models module and pick the attributes named on the command line."""
+    module = str(args.models or os.environ.get("FOURSTEP_MODELS", "")).strip()
+    if not module:
+        raise UsageError(
+            "no models module: pass --models package.module or set FOURSTEP_MODELS"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        found = load_models(module)
+    except FourStepError as exc:
+        raise UsageError(str(exc)) from None
+    registered = {spec.key: spec for spec in all_specs()}
+    keys: list[str] = list(dict.fromkeys(args.keys))
+    if not keys:
+        if not found:
+            raise UsageError(f"models module {module!r} defines no phased attributes")
+        return found
+    unknown = [k for k in keys if k not in registered]
+    if unknown:
+        known = ", ".join(sorted(registered)) or "none"
+        plural = "s" if len(unknown) > 1 else ""
+        raise UsageError(
+            f"unknown key{plural} {', '.join(repr(k) for k in unknown)}; "
+            f"known keys (models module {module!r}): {known}"
+        )
+    return [registered[k] for k in keys]
+
+
+@dataclass
+class _Context:
+    args: argparse.Namespace
+    specs: list[PhasedSpec]
+    engine: Engine
+    out: _Output
+
+
+# -- status --------------------------------------------------------------------------
+def _status_of(ctx: _Context, spec: PhasedSpec) -> dict[str, Any]:
+    table = spec.table
+    assert table is not None
+    mode = "sql" if spec.forward.has_sql else "python"
+    info: dict[str, Any] = {
+        "key": spec.key,
+        "table": table.fullname,
+        "phase": spec.phase.name,
+        "phase_number": int(spec.phase),
+        "recorded_phase": None,
+        "mode": mode,
+        "old": list(spec.old),
+        "new": list(spec.new),
+        "rows_total": None,
+        "rows_pending": None,
+        "skipped": 0,
+        "run_status": None,
+        "rows_updated": 0,
+        "verified_at": None,
+        "verify_ok": None,
+        "verify_total": None,
+        "verify_missing": None,
+        "verify_mismatched": None,
+        "note": None,
+    }
+    with ctx.engine.connect() as conn:
+        insp = inspect(conn)
+        if not insp.has_table(table.name, schema=table.schema):
+            info["note"] = f"table {table.fullname} does not exist"
+        else:
+            present = {c["name"] for c in insp.get_columns(table.name, schema=table.schema)}
+            missing_new = [c.name for c in spec.new_columns if c.name not in present]
+            old_there = bool(spec.old_columns) and all(
+                c.name in present for c in spec.old_columns
+            )
+            total = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            info["rows_total"] = int(total)
+            if missing_new:
+                info["note"] = f"new column(s) {', '.join(missing_new)} do not exist yet"
+            elif not old_there:
+                info["rows_pending"] = 0
+                info["note"] = "old column(s) dropped"
+            else:
+                clauses = [
+                    and_(*(c.is_(None) for c in spec.new_columns)),
+                    or_(*(c.is_not(None) for c in spec.old_columns)),
+                ]
+                if mode == "sql":
+                    forward = spec.forward_sql(spec.old_columns, "fourstep status")
+                    clauses.append(or_(*(f.is_not(None) for f in forward)))
+                pending = conn.execute(
+                    select(func.coalesce(func.sum(case((and_(*clauses), 1), else_=0)), 0))
+                    .select_from(table)
+                ).scalar_one()
+                info["rows_pending"] = int(pending)
+        conn.rollback()
+        state: AttributeState | None = read_state(conn, spec.key)
+    if state is not None:
+        info.update(
+            recorded_phase=state.recorded_phase,
+            skipped=state.skipped,
+            run_status=state.run_status,
+            rows_updated=state.rows_updated,
+            verified_at=state.verified_at,
+            verify_ok=state.verify_ok,
+            verify_total=state.verify_total,
+            verify_missing=state.verify_missing,
+            verify_mismatched=state.verify_mismatched,
+        )
+    return info
+
+
+def _cmd_status(ctx: _Context) -> int:
+    out = ctx.out
+    code = EXIT_OK
+    rows: list[list[str]] = []
+    for spec in ctx.specs:
+        try:
+            info = _status_of(ctx, spec)
+        except (SQLAlchemyError, FourStepError) as exc:
+            code = EXIT_FAILED
+            message = f"{spec.key}: cannot read the status: {_describe(exc)}"
+            _error(message)
+            if out.json:
+                out.emit("error", key=spec.key, error=message)
+            continue
+        if out.json:
+            out.emit("status", **info)
+            continue
+        run = info["run_status"] or "never run"
+        if info["verified_at"] is None:
+            checked = "never"
+        elif info["verify_ok"]:
+            checked = "ok"
+        else:
+            checked = (
+                f"{info['verify_missing'] or 0:,} missing, "
+                f"{info['verify_mismatched'] or 0:,} mismatched"
+            )
+        phase = str(info["phase_number"])
+        if info["recorded_phase"] not in (None, info["phase_number"]):
+            phase += f" (db {info['recorded_phase']})"
+        pending = _fmt_int(info["rows_pending"])
+        if info["note"]:
+            pending += f" ({info['note']})"
+        rows.append(
+            [
+                info["key"], phase, info["mode"], _fmt_int(info["rows_total"]), pending,
+                _fmt_int(info["skipped"]), run, checked, _fmt_when(info["verified_at"]),
+            ]
+        )
+    if not out.json and rows:
+        out.table(
+            "fourstep status",
+            ["key", "phase", "mode", "rows", "pending", "skipped", "backfill", "verify",
+             "verified at"],
+            rows,
+        )
+    return code
+
+
+# -- backfill ------------------------------------------------------------------------
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError):
+        return f"{type(exc.orig).__name__}: {_one_line(str(exc.orig))}"
+    if isinstance(exc, FourStepError):
+        return _one_line(str(exc))
+    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _rate(p: BackfillProgress) -> tuple[float | None, float | None]:
+    """Rows per second so far and seconds left (None when unknown)."""
+    if p.elapsed <= 0:
+        return None, None
+    rate = p.rows_updated / p.elapsed
+    if p.rows_pending_at_start is None or rate <= 0:
+        return rate, None
+    return rate, max(p.rows_pending_at_start - p.rows_updated, 0) / rate
+
+
+class _JsonProgress:
+    """Progress events, throttled to about one a second."""
+
+    def __init__(self, out: _Output) -> None:
+        self.out = out
+        self.last = float("-inf")
+        self.lock = threading.Lock()
+
+    def __call__(self, p: BackfillProgress) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last < PROGRESS_INTERVAL:
+                return
+            self.last = now
+        rate, eta = _rate(p)
+        self.out.emit(
+            "progress",
+            key=p.key,
+            rows_updated=p.rows_updated,
+            batches=p.batches,
+            rows_pending_at_start=p.rows_pending_at_start,
+            elapsed=round(p.elapsed, 3),
+            rows_per_second=None if rate is None else round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
+            batch_size=p.batch_size,
+            last_batch_ms=round(p.last_batch_ms, 2),
+        )
+
+
+class _PlainProgress:
+    """A line about once a second on a terminal without rich."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    def __call__(self, p: BackfillProgress) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        rate, eta = _rate(p)
+        total = "?" if p.rows_pending_at_start is None else f"{p.rows_pending_at_start:,}"
+        speed = "" if rate is None else f", {rate:,.0f} rows/s"
+        left = "" if eta is None else f", ETA {eta:,.0f} s"
+        print(f"{p.key}: {p.rows_updated:,}/{total} rows{speed}{left}", flush=True)
+
+
+@contextmanager
+def _progress_bar(
+    out: _Output, key: str
+) -> Iterator[Callable[[BackfillProgress], None]]:
+    """A progress callback for one backfill, matched to the output."""
+    if out.json:
+        yield _JsonProgress(out)
+        return
+    if not out.rich:
+        yield _PlainProgress()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=out.console,
+        transient=False,
+    )
+    task = bar.add_task(key, total=None, rate="")
+
+    def update(p: BackfillProgress) -> None:
+        rate, _eta = _rate(p)
+        bar.update(
+            task,
+            total=p.rows_pending_at_start,
+            completed=p.rows_updated,
+            rate="" if rate is None else f"{rate:,.0f} rows/s",
+        )
+
+    with bar:
+        yield update
+
+
+def _report_done(out: _Output, report: BackfillReport) -> None:
+    if out.json:
+        out.emit(
+            "done",
+            key=report.key,
+            mode=report.mode,
+            rows_updated=report.rows_updated,
+            batches=report.batches,
+            seconds=round(report.seconds, 3),
+            rows_left=report.rows_left,
+            skipped_keys=_keys_json(report.skipped_keys),
+            complete=report.complete,
+            budget_exhausted=report.budget_exhausted,
+            dry_run=report.dry_run,
+        )
+        return
+    if report.dry_run:
+        out.text(
+            f"{report.key}: dry run: {report.rows_left:,} row(s) would be written "
+            f"({report.mode} mode)"
+        )
+        return
+    if report.complete:
+        state = "complete"
+    elif report.budget_exhausted:
+        state = f"time budget spent, {report.rows_left:,} row(s) left; run again to resume"
+    else:
+        state = (
+            f"{report.rows_left:,} row(s) left in ranges other processes hold; run again "
+            f"to finish"
+        )
+    out.text(
+        f"{report.key}: {report.rows_updated:,} row(s) written in {report.batches:,} "
+        f"batch(es), {report.seconds:.2f} s, {report.mode} mode: {state}"
+    )
+    if report.skipped_keys:
+        shown = ", ".join(json.dumps(list(k), default=_jsonable) for k in report.skipped_keys[:10])
+        more = len(report.skipped_keys) - 10
+        tail = f" and {more} more" if more > 0 else ""
+        out.text(
+            f"{report.key}: {len(report.skipped_keys):,} row(s) skipped (transform failed): "
+            f"{shown}{tail}; see the fourstep_skipped table"
+        )
+
+
+def _cmd_backfill(ctx: _Context) -> int:
+    args, out = ctx.args, ctx.out
+    max_seconds: float | None = args.max_seconds
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    code = EXIT_OK
+    for index, spec in enumerate(ctx.specs):
+        budget = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            with _progress_bar(out, spec.key) as progress:
+                report = backfill(
+                    ctx.engine,
+                    spec.key,
+                    batch_size=args.batch_size,
+                    target_ms=args.target_ms,
+                    pause_ms=args.pause_ms,
+                    max_seconds=budget,
+                    workers=args.workers,
+                    on_error=args.on_error,
+                    dry_run=args.dry_run,
+                    lock_timeout_ms=args.lock_timeout_ms,
+                    progress=progress,
+                )
+        except (FourStepError, SQLAlchemyError) as exc:
+            message = f"{spec.key}: backfill failed: {_describe(exc)}"
+            rest = [s.key for s in ctx.specs[index + 1 :]]
+            if rest:
+                message += f" (not started: {', '.join(rest)})"
+            if out.json:
+                out.emit("error", key=spec.key, error=message)
+            _error(message)
+            return EXIT_FAILED
+        _report_done(out, report)
+        if report.skipped_keys:
+            code = EXIT_FAILED
+        elif not report.complete and not report.dry_run and code == EXIT_OK:
+            code = EXIT_BUDGET
+    return code
+
+
+# -- verify --------------------------------------------------------------------------
+def _cmd_verify(ctx: _Context) -> int:
+    args, out = ctx.args, ctx.out
+    code = EXIT_OK
+    rows: list[list[str]] = []
+    for spec in ctx.specs:
+        try:
+            with _verify_spinner(out, spec.key) as progress:
+                result = verify(
+                    ctx.engine,
+                    spec.key,
+                    batch_size=args.batch_size,
+                    sample_size=args.sample_size,
+                    progress=progress,
+                )
+        except (FourStepError, SQLAlchemyError) as exc:
+            code = EXIT_FAILED
+            message = f"{spec.key}: verify failed: {_describe(exc)}"
+            if out.json:
+                out.emit("error", key=spec.key, error=message)
+            _error(message)
+            continue
+        if not result.ok:
+            code = EXIT_FAILED
+        if out.json:
+            out.emit(
+                "verify",
+                key=result.key,
+                ok=result.ok,
+                total=result.total,
+                missing=result.missing,
+                mismatched=result.mismatched,
+                sample_keys=_keys_json(result.sample_keys),
+                seconds=round(result.seconds, 3),
+                mode=result.mode,
+            )
+            continue
+        sample = ", ".join(json.dumps(list(k), default=_jsonable) for k in result.sample_keys)
+        rows.append(
+            [
+                result.key, "ok" if result.ok else "FAILED", _fmt_int(result.total),
+                _fmt_int(result.missing), _fmt_int(result.mismatched), sample or "—",
+                f"{result.seconds:.2f} s",
+            ]
+        )
+    if not out.json and rows:
+        out.table(
+            "fourstep verify",
+            ["key", "result", "rows", "missing", "mismatched", "sample keys", "time"],
+            rows,
+        )
+    return code
+
+
+@contextmanager
+def _verify_spinner(
+    out: _Output, key: str
+) -> Iterator[Callable[[VerifyResult], None] | None]:
+    if not out.rich:
+        yield None
+        return
+    with out.console.status(f"verifying {key}") as status:
+
+        def update(result: VerifyResult) -> None:
+            status.update(f"verifying {key}: {result.total:,} rows checked")
+
+        yield update
+
+
+# -- entry point -----------------------------------------------------------------------
+_COMMANDS: dict[str, Callable[[_Context], int]] = {
+    "status": _cmd_status,
+    "backfill": _cmd_backfill,
+    "verify": _cmd_verify,
+}
+
+
+def _cmd_check(ctx: _Context) -> int:
+    from .check import problems
+
+    found = problems(ctx.engine, *ctx.specs)
+    for problem in found:
+        if ctx.out.json:
+            ctx.out.emit("check", key=problem.key, ok=False, problem=problem.message)
+        else:
+            ctx.out.text(f"check: {problem.key}: {problem.message}")
+    if not found:
+        if ctx.out.json:
+            ctx.out.emit("check", ok=True)
+        else:
+            ctx.out.text("check: this code fits this database")
+    return EXIT_FAILED if found else EXIT_OK
+
+
+def _cmd_revision(ctx: _Context, url: str) -> int:
+    from alembic.config import Config
+
+    from .alembic.revision import write_revision
+
+    if len(ctx.specs) != 1:
+        raise UsageError("revision writes one phased attribute's step: give exactly one KEY")
+    ini = ctx.args.config or "alembic.ini"
+    if not os.path.exists(ini):
+        raise UsageError(f"no Alembic configuration at {ini!r}; pass --config PATH")
+    config = Config(ini)
+    try:
+        path = write_revision(config, ctx.specs[0], int(ctx.args.step), ctx.args.message,
+                              url=url)
+    except Exception as exc:  # alembic's own errors (script location, env.py): one line
+        _error(f"revision: {_describe(exc)}")
+        return EXIT_FAILED
+    if ctx.out.json:
+        ctx.out.emit("revision", key=ctx.specs[0].key, step=int(ctx.args.step), path=path)
+    else:
+        ctx.out.text(f"wrote {path}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else 2
+    command = str(args.command)
+    if command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.url, echo=lambda line: print(line, flush=True), rows=args.rows)
+    _setup_logging(int(args.verbose))
+    engine: Engine | None = None
+    try:
+        specs = _load_specs(args)
+        url, source = _resolve_url(args)
+        engine = _connect(url, source, int(getattr(args, "workers", 1)))
+        ctx = _Context(args=args, specs=specs, engine=engine, out=_Output(bool(args.json)))
+        if command == "revision":
+            return _cmd_revision(ctx, url)
+        code = _COMMANDS[command](ctx)
+        if command == "status" and args.check:
+            code = max(code, _cmd_check(ctx))
+        return code
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `fourstep status | head`
+        sys.stderr.close()
+        return EXIT_FAILED
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
