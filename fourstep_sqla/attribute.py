@@ -56,6 +56,7 @@ from sqlalchemy import func as sql_func
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import Comparator, hybrid_property
 from sqlalchemy.orm import Bundle, ColumnProperty, Mapper
+from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.properties import UnmappedColumn
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -100,6 +101,19 @@ def _names(value: str | Sequence[str], what: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise DeclarationError(f"phased({what}={value!r}) names a column twice")
     return names
+
+
+def write_column(obj: Any, name: str, value: Any) -> None:
+    """Set a column attribute and mark it modified even if the value looks unchanged.
+
+    The instance may be stale: loaded before the backfill wrote the new place,
+    it still holds NULL there. Assigning ``("Cher", None)`` would then leave
+    ``last_name`` out of the UPDATE (unchanged, as far as the ORM knows) and the
+    backfilled value would survive next to the new first name. Every column of
+    the move is written whenever the logical value is.
+    """
+    setattr(obj, name, value)
+    flag_modified(obj, name)
 
 
 def is_sql(value: Any) -> bool:
@@ -794,9 +808,9 @@ def phased(
             else:
                 old_values = spec.backward_values(new_values)
         for name, v in zip(spec.new, new_values):
-            setattr(obj, name, v)
+            write_column(obj, name, v)
         for name, v in zip(spec.old, old_values):
-            setattr(obj, name, v)
+            write_column(obj, name, v)
         if old_values:
             # read back by the flush-time sync: these values need no re-check
             writes = obj.__dict__.setdefault(LOGICAL_WRITES, {})

@@ -240,11 +240,15 @@ class _Run:
         self.parts = 1
 
     # -- predicates -----------------------------------------------------------
-    def pending(self) -> ColumnElement[bool]:
-        """Rows still to do: new all NULL, old not all NULL (and forward not NULL)."""
+    def pending(self, with_forward: bool = True) -> ColumnElement[bool]:
+        """Rows still to do: new all NULL, old not all NULL (and forward not NULL).
+
+        ``with_forward=False`` leaves out the forward clause, which evaluates the
+        SQL transform: needed to list the rows of a batch the transform fails on.
+        """
         spec = self.spec
         clauses = [all_null(spec.new_columns), any_not_null(spec.old_columns)]
-        if self.mode == "sql":
+        if self.mode == "sql" and with_forward:
             forward = spec.forward_sql(spec.old_columns, "the backfill")
             clauses.append(any_not_null(forward))
         return and_(*clauses)
@@ -518,9 +522,11 @@ class _Run:
             # pysqlite opens a transaction only before DML, so a SAVEPOINT (the
             # bisection path) would start one of its own and RELEASE would commit
             # part of the batch without its progress row: begin explicitly
+            # IMMEDIATE: take the write lock now, waiting out the busy timeout, rather
+            # than failing at once when a read-then-write batch finds a writer
             raw = conn.connection.driver_connection
             if raw is not None and not getattr(raw, "in_transaction", True):
-                conn.exec_driver_sql("BEGIN")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def lock_timeout(self) -> float:
         return self._lock_timeout
@@ -624,7 +630,7 @@ class _Run:
     def _sql_batch_bisected(
         self, conn: Connection, run_id: str, lower: Key | None, hi: Key
     ) -> tuple[int, list[Key]]:
-        keys = self.keys.keys_in(conn, lower, hi, self.pending())
+        keys = self.keys.keys_in(conn, lower, hi, self.pending(with_forward=False))
         updated, failed = self._bisect(conn, keys)
         return self._settle_failures(conn, run_id, updated, failed)
 
@@ -883,14 +889,45 @@ class _Run:
         return True
 
     def count_pending(self, conn: Connection, upper: Key | None = None) -> int:
-        where: list[Any] = [self.pending()]
-        if upper is not None:
-            where.append(self.keys.between(None, upper))
-        value = conn.execute(
-            select(func.count()).select_from(self.table).where(*where)
-        ).scalar_one()
+        """Rows the backfill would still write (up to ``upper``), read-only.
+
+        In SQL mode one COUNT; if the transform fails on some row, rows are
+        counted without evaluating it. In Python mode the pending rows are read
+        in key batches and the transform applied, so rows whose ``forward(old)``
+        is empty (which the backfill leaves alone) are not counted.
+        """
+        if self.mode == "python":
+            return self._count_pending_python(conn, upper)
+        bounded = [] if upper is None else [self.keys.between(None, upper)]
+        statement = select(func.count()).select_from(self.table)
+        try:
+            value = conn.execute(statement.where(self.pending(), *bounded)).scalar_one()
+        except DBAPIError as exc:
+            if not _is_data_error(exc):
+                raise
+            conn.rollback()
+            value = conn.execute(
+                statement.where(self.pending(with_forward=False), *bounded)
+            ).scalar_one()
         conn.rollback()
         return int(value)
+
+    def _count_pending_python(self, conn: Connection, upper: Key | None) -> int:
+        last = upper if upper is not None else self.keys.last_key(conn)
+        width = len(self.keys.columns)
+        count = 0
+        lower: Key | None = None
+        while last is not None and lower != last:
+            hi = self.keys.batch_end(conn, lower, last, 50_000)
+            rows = conn.execute(
+                select(*self.keys.columns, *self.spec.old_columns)
+                .where(self.keys.between(lower, hi), self.pending())
+            ).all()
+            writes, failed = self._compute(rows, width)
+            count += len(writes) + len(failed)
+            lower = hi
+        conn.rollback()
+        return count
 
     def upper_bound(self, conn: Connection, run_id: str) -> Key | None:
         text = conn.execute(

@@ -89,21 +89,21 @@ class KeyRange:
     ) -> tuple[Any, ...]:
         """The key ``size`` rows after ``lower`` (capped at ``upper``).
 
-        For a single integer key this is ``lower + size``: no query, and gaps in
-        the keys only make a batch cheaper (the batch size adapts to its
-        duration anyway). Other keys are looked up with an index-only
+        For a single integer key this is ``next + size - 1``, where ``next`` is
+        the first key after ``lower`` (one index probe): gaps in the keys only
+        make a batch cheaper (its size adapts to its duration anyway), and a
+        sparse key space (snowflake ids) is jumped over. Other keys are looked
+        up with an index-only
         ``OFFSET``; on PostgreSQL the planner is kept on the index even when
         stale statistics make it underestimate the range (a fresh table).
         """
         if self.integer:
-            if lower is None:
-                first = self.first_key(conn)
-                if first is None:
-                    return upper
-                start = int(first[0]) - 1
-            else:
-                start = int(lower[0])
-            return (min(start + size, int(upper[0])),)
+            column = self.columns[0]
+            following = select(func.min(column)).where(self.between(lower, upper))
+            first = conn.execute(following).scalar()
+            if first is None:
+                return upper
+            return (min(int(first) + size - 1, int(upper[0])),)
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         row = conn.execute(

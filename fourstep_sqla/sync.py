@@ -41,7 +41,7 @@ from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.sql.dml import ValuesBase
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
-from .attribute import LOGICAL_WRITES, PhasedSpec, is_sql, phased_attributes_of
+from .attribute import LOGICAL_WRITES, PhasedSpec, is_sql, phased_attributes_of, write_column
 from .errors import InconsistentWriteError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def sync_instance(state: InstanceState[Any], spec: PhasedSpec) -> None:
         return  # SQL expressions are evaluated by the database; nothing to compare
     if old_written and not new_written:
         for name, value in zip(spec.new, spec.forward_values(old_now, row=state.key)):
-            setattr(obj, name, value)
+            write_column(obj, name, value)
     elif new_written and not old_written:
         before = tuple(h[2] for h in new_hist)
         partial = not all(h[0] for h in new_hist)
@@ -137,10 +137,10 @@ def sync_instance(state: InstanceState[Any], spec: PhasedSpec) -> None:
             )
             for name, h, value in zip(spec.new, new_hist, merged):
                 if not h[0]:
-                    setattr(obj, name, value)
+                    write_column(obj, name, value)
             new_now = merged
         for name, value in zip(spec.old, spec.backward_values(new_now, row=state.key)):
-            setattr(obj, name, value)
+            write_column(obj, name, value)
     elif old_written and new_written:
         if _same(spec.forward_values(old_now, row=state.key), new_now):
             return

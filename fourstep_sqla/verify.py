@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .attribute import PhasedSpec
@@ -103,6 +103,35 @@ class _Checker:
             )
             result.sample_keys.extend(tuple(r) for r in samples)
 
+    def check_sql_or_python(
+        self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
+    ) -> None:
+        """SQL, unless the SQL transform fails on a row of this batch (a value a
+        cast rejects, left behind by ``on_error="skip"``): then this batch is
+        compared in Python, where such rows count as missing or mismatched."""
+        if conn.dialect.name == "sqlite":
+            self.check_sql(conn, lower, upper, result)
+            return
+        snapshot = (result.total, result.missing, result.mismatched, len(result.sample_keys))
+        savepoint = conn.begin_nested()
+        try:
+            self.check_sql(conn, lower, upper, result)
+        except DBAPIError as exc:
+            savepoint.rollback()
+            result.total, result.missing, result.mismatched = snapshot[:3]
+            del result.sample_keys[snapshot[3]:]
+            if getattr(self.spec.forward.python, "sql_only", False):
+                raise FourStepError(
+                    f"{self.spec.key}: the forward SQL fails on a row with keys after "
+                    f"{lower!r} up to {upper!r} ({str(exc.orig).splitlines()[0]}) and this "
+                    f"transform has no Python form to compare with; fix those rows"
+                ) from exc
+            log.warning("%s: forward SQL failed in keys (%r, %r], comparing in Python: %s",
+                        self.spec.key, lower, upper, str(exc.orig).splitlines()[0])
+            self.check_python(conn, lower, upper, result)
+        else:
+            savepoint.commit()
+
     def check_python(
         self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
     ) -> None:
@@ -170,7 +199,7 @@ def verify(
         while upper is not None and lower != upper:
             hi = checker.keys.batch_end(conn, lower, upper, batch_size)
             if checker.mode == "sql":
-                checker.check_sql(conn, lower, hi, result)
+                checker.check_sql_or_python(conn, lower, hi, result)
             else:
                 checker.check_python(conn, lower, hi, result)
             lower = hi

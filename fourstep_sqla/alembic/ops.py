@@ -113,6 +113,7 @@ def frozen_transform(
             f"the {label} transform of this migration has no Python form; it runs in SQL only"
         )
 
+    no_python.sql_only = True  # type: ignore[attr-defined]  # verify has no Python fallback
     callable_ = import_reference(python) if python else no_python
     return Transform(callable_, sql=from_sql if texts else None, name=f"{label}:{python or 'sql'}")
 
