@@ -405,8 +405,22 @@ class PhasedSpec:
         forward = self.forward_values
         shape = self.shape
 
+        python = self.forward.python
+        n_old = len(self.old)
+
         def read_old(obj: Any) -> Any:
-            return shape(forward(old_get(obj)))
+            old = old_get(obj)
+            if old.count(None) == n_old:
+                return None
+            try:
+                result = python(*old)
+            except Exception:
+                return shape(forward(old))  # raises the TransformError naming the attribute
+            if width == 1:
+                return result
+            if type(result) is tuple and len(result) == width:
+                return shape(result)
+            return shape(forward(old))
 
         if width == 1:
             (name,) = self.new

@@ -44,6 +44,8 @@ __all__ = [
     "RestoreOldOp",
     "backfill",
     "drop_old",
+    "record_phase",
+    "relax_old_not_null",
 ]
 
 
@@ -88,3 +90,26 @@ def drop_old(
         DropOldOp(key, table_name, old, new, forward_sql, backward_sql, forward, backward,
                   schema)
     )
+
+
+def relax_old_not_null(
+    key: str,
+    table_name: str,
+    columns: Sequence[str],
+    *,
+    existing_type: Any = None,
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.relax_old_not_null(...)``."""
+    from alembic import op
+
+    op.invoke(RelaxOldNotNullOp(key, table_name, columns, existing_type, schema))
+
+
+def record_phase(
+    key: str, table_name: str, *, phase: int, previous: int, schema: str | None = None
+) -> None:
+    """Typed ``op.record_phase(...)``."""
+    from alembic import op
+
+    op.invoke(RecordPhaseOp(key, table_name, phase, previous, schema))

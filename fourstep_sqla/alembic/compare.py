@@ -20,6 +20,7 @@ Nothing is emitted once a step is done.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alembic.autogenerate import comparators
@@ -36,6 +37,8 @@ from .ops import RelaxOldNotNullOp
 from .render import backfill_op, drop_old_op
 
 __all__ = ["fourstep_operations"]
+
+log = logging.getLogger("fourstep_sqla.alembic.compare")
 
 STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables)
 
@@ -115,6 +118,12 @@ def fourstep_operations(
             n for n in old_in_db
             if not columns[n]["nullable"] and columns[n].get("default") is None
         ]
+        for n in old_in_db:
+            if not columns[n]["nullable"] and n not in strict:
+                log.info(
+                    "%s: old column %s.%s is NOT NULL with a server default: step 4 inserts "
+                    "get the default, so it is not relaxed", spec.key, table.name, n,
+                )
         if strict:
             emitted.append(RelaxOldNotNullOp(
                 spec.key, table.name, strict,
