@@ -761,11 +761,10 @@ class _Run:
             if n_new == 1:
                 writes = [(*row, res) for row, res in zip(rows, results) if res is not None]
                 return writes, failed
-            for row, res in zip(rows, results):
-                if type(res) is not tuple or len(res) != n_new:
-                    res = spec._widen(res, n_new, spec.forward, "forward")
-                if res.count(None) != n_new:
-                    writes.append((*row, *res))
+            if not all(type(res) is tuple and len(res) == n_new for res in results):
+                results = [spec._widen(res, n_new, spec.forward, "forward") for res in results]
+            empty = (None,) * n_new
+            writes = [(*row, *res) for row, res in zip(rows, results) if res != empty]
             return writes, failed
         for row in rows:
             key = tuple(row[:width])
