@@ -59,39 +59,34 @@ def make_user_model(phase: Phase) -> Any:
     class Base(DeclarativeBase):
         pass
 
-    if phase is Phase.STOP_WRITE_OLD:
-
-        class User(Base):
-            __tablename__ = "users"
-            id: Mapped[int] = mapped_column(primary_key=True)
-            legacy_name: Unmapped[str | None] = unmapped_column("name", String(80))
-            first_name: Mapped[str | None] = mapped_column(String(40))
-            last_name: Mapped[str | None] = mapped_column(String(40))
-            full_name = phased(
-                old="legacy_name",
-                new=("first_name", "last_name"),
-                forward=Transform.split(" "),
-                backward=Transform.join(" "),
-                phase=phase,
-            )
-
-        return User
-
-    class User(Base):  # type: ignore[no-redef]
-        __tablename__ = "users"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        legacy_name: Mapped[str | None] = mapped_column("name", String(80))
-        first_name: Mapped[str | None] = mapped_column(String(40))
-        last_name: Mapped[str | None] = mapped_column(String(40))
-        full_name = phased(
+    retired = phase is Phase.STOP_WRITE_OLD
+    old: Any = (
+        unmapped_column("name", String(80)) if retired else mapped_column("name", String(80))
+    )
+    namespace: dict[str, Any] = {
+        "__tablename__": "users",
+        "__annotations__": {
+            "id": Mapped[int],
+            # step 4: the ORM no longer selects or writes it while the DROP runs
+            "legacy_name": Unmapped[str | None] if retired else Mapped[str | None],
+            "first_name": Mapped[str | None],
+            "last_name": Mapped[str | None],
+        },
+        "id": mapped_column(primary_key=True),
+        "legacy_name": old,
+        "first_name": mapped_column(String(40)),
+        "last_name": mapped_column(String(40)),
+        "full_name": phased(
             old="legacy_name",
             new=("first_name", "last_name"),
             forward=Transform.split(" "),
             backward=Transform.join(" "),
             phase=phase,
-        )
-
-    return User
+        ),
+        "__module__": __name__,
+        "__qualname__": "User",
+    }
+    return type("User", (Base,), namespace)
 
 
 def _config(url: str) -> Config:
