@@ -145,8 +145,13 @@ def run_demo(url: str | None = None, echo: Callable[[str], None] = print, rows: 
     def sample() -> list[str]:
         columns = {c["name"] for c in inspect(engine).get_columns("users")}
         wanted = [c for c in ("id", "name", "first_name", "last_name") if c in columns]
+        # a renamed row, a row the old release wrote, and the one-word name
         with engine.connect() as conn:
-            found = conn.execute(text(f"SELECT {', '.join(wanted)} FROM users ORDER BY id LIMIT 3"))
+            found = conn.execute(
+                text(f"SELECT {', '.join(wanted)} FROM users WHERE id IN (1, 21, :last) "
+                     "ORDER BY id"),
+                {"last": rows},
+            )
             return [", ".join(f"{k}={v!r}" for k, v in zip(wanted, r)) for r in found]
 
     def count(where: str) -> int:
