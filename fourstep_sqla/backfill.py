@@ -35,7 +35,9 @@ How it stays safe on a big, busy table:
   per batch. **Python mode** otherwise: read the pending rows of a batch,
   compute in Python, write them with one statement guarded by
   compare-and-set on the old value(s); rows whose old value changed in
-  between are picked up by a sweep of that batch.
+  between are picked up by a sweep of that batch. On PostgreSQL the next
+  batch is read and computed on a second connection while the current one
+  is written, so Python and the server work at the same time.
 - **Several workers** (threads here, or processes on many machines) share a
   run: its key space is split into ranges, and a worker claims a range by
   locking its row in ``fourstep_ranges`` (``FOR UPDATE SKIP LOCKED``) on a
@@ -235,6 +237,9 @@ class _Run:
         self.pending_at_start: int | None = None
         self.stop_event = threading.Event()
         self._lock_timeout = 500.0
+        #: Python mode on PostgreSQL: read and compute the next batch on this
+        #: engine while the current one is written
+        self.read_ahead_engine: Engine | None = None
         self.last_write_seconds = 0.0
         #: ranges the key space is split into for a new run
         self.parts = 1
@@ -442,16 +447,44 @@ class _Run:
         upper: Key,
         batch_size: int,
     ) -> int:
+        ahead = _ReadAhead(self) if self.read_ahead_engine is not None else None
+        try:
+            return self._work_range(conn, run_id, range_no, cursor, upper, batch_size, ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def _work_range(
+        self,
+        conn: Connection,
+        run_id: str,
+        range_no: int,
+        cursor: Key | None,
+        upper: Key,
+        batch_size: int,
+        ahead: _ReadAhead | None,
+    ) -> int:
         while cursor != upper:
             if self.stop_event.is_set() or not self.budget_left():
                 return batch_size
-            hi = self.keys.batch_end(conn, cursor, upper, batch_size)
+            prefetched = None
+            if ahead is not None and ahead.window is not None and ahead.window[0] == cursor:
+                # the window read ahead during the previous write: take it as it is
+                hi = ahead.window[1]
+                prefetched = ahead.take()
+            else:
+                hi = self.keys.batch_end(conn, cursor, upper, batch_size)
+            if ahead is not None and hi != upper:
+                following = self.keys.batch_end(conn, hi, upper, batch_size)
+                ahead.start(hi, following)
             conn.rollback()
             started = time.monotonic()
             attempts = 0
             while True:
                 try:
-                    updated, skipped = self.run_batch(conn, run_id, range_no, cursor, hi, upper)
+                    updated, skipped = self.run_batch(
+                        conn, run_id, range_no, cursor, hi, upper, prefetched
+                    )
                     break
                 except DBAPIError as exc:
                     if conn.in_transaction():
@@ -574,6 +607,7 @@ class _Run:
         lower: Key | None,
         hi: Key,
         upper: Key,
+        prefetched: Prefetched | None = None,
     ) -> tuple[int, list[Key]]:
         """One batch and its progress record, in one transaction."""
         self._begin_batch(conn)
@@ -590,7 +624,7 @@ class _Run:
                     self._begin_batch(conn)
                     updated, skipped = self._sql_batch_bisected(conn, run_id, lower, hi)
             else:
-                updated, skipped = self._python_batch(conn, run_id, lower, hi)
+                updated, skipped = self._python_batch(conn, run_id, lower, hi, prefetched)
             conn.execute(
                 update(progress_table)
                 .where(
@@ -703,25 +737,46 @@ class _Run:
         return updated, [k for k, _ in failed]
 
     # -- Python mode -------------------------------------------------------------
+    def read_pending(self, conn: Connection, lower: Key | None, hi: Key) -> list[Any]:
+        """The pending rows of a batch: primary key and old values."""
+        return list(
+            conn.execute(
+                select(*self.keys.columns, *self.spec.old_columns)
+                .where(self.keys.between(lower, hi), self.pending())
+                .order_by(*self.keys.order_by())
+            ).all()
+        )
+
     def _python_batch(
-        self, conn: Connection, run_id: str, lower: Key | None, hi: Key
+        self,
+        conn: Connection,
+        run_id: str,
+        lower: Key | None,
+        hi: Key,
+        prefetched: Prefetched | None = None,
     ) -> tuple[int, list[Key]]:
         spec = self.spec
         width = len(self.keys.columns)
         total_updated = 0
         skipped: list[Key] = []
         for _sweep in range(3):
-            rows = conn.execute(
-                select(*self.keys.columns, *spec.old_columns)
-                .where(self.keys.between(lower, hi), self.pending())
-                .order_by(*self.keys.order_by())
-            ).all()
+            if prefetched is not None:
+                # read and computed while the previous batch was written; rows that
+                # changed since are refused by the compare-and-set and swept below
+                rows, (writes, failed) = prefetched
+                prefetched = None
+            else:
+                rows = self.read_pending(conn, lower, hi)
+                writes, failed = [], []
             if skipped:
                 rows = [r for r in rows if tuple(r[:width]) not in skipped]
+                writes = [w for w in writes if tuple(w[:width]) not in skipped]
+                failed = [f for f in failed if f[0] not in skipped]
             if not rows:
                 self.last_write_seconds = -1.0  # nothing written: steer on the batch
                 return total_updated, skipped
-            writes, failed = self._compute(rows, width)
+            if not writes and not failed:
+                writes, failed = self._compute(rows, width)
             if failed and self.on_error == "stop":
                 self._settle_failures(conn, run_id, 0, failed)
             write_started = time.monotonic()
@@ -954,6 +1009,53 @@ def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:
     return 16 if keys.integer else 1
 
 
+Prefetched = tuple[list[Any], tuple[list[tuple[Any, ...]], list[tuple[Key, str]]]]
+
+
+class _ReadAhead:
+    """Reads and computes the next Python-mode batch on its own connection.
+
+    The transform runs in Python while the server writes the previous batch,
+    so the two overlap instead of adding up. Reading takes no locks; the
+    compare-and-set of the write refuses any row that changed in between.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        assert run.read_ahead_engine is not None
+        self.run = run
+        self.conn = run.read_ahead_engine.connect()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fourstep-read-ahead")
+        self.window: tuple[Key | None, Key] | None = None
+        self.future: Any = None
+
+    def _read(self, lower: Key | None, hi: Key) -> Prefetched:
+        try:
+            rows = self.run.read_pending(self.conn, lower, hi)
+        finally:
+            self.conn.rollback()
+        return rows, self.run._compute(rows, len(self.run.keys.columns))
+
+    def start(self, lower: Key | None, hi: Key) -> None:
+        self.window = (lower, hi)
+        self.future = self.pool.submit(self._read, lower, hi)
+
+    def take(self) -> Prefetched | None:
+        future, self.future, self.window = self.future, None, None
+        try:
+            return future.result() if future is not None else None
+        except Exception:  # the batch will read for itself
+            log.debug("read-ahead failed; the batch reads again", exc_info=True)
+            return None
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+        self.pool.shutdown(wait=True)
+        self.conn.close()
+
+
 def _engine_of(bind: Engine | Connection) -> Engine:
     return bind if isinstance(bind, Engine) else bind.engine
 
@@ -1031,6 +1133,8 @@ def backfill(
             conn.commit()
         run.setup_session(conn)
         run.parts = _ranges_for(run.keys, conn.dialect.name, workers)
+        if run.mode == "python" and conn.dialect.name == "postgresql":
+            run.read_ahead_engine = _engine_of(bind)
         run_id = run.open_run(conn)
         run.report.run_id = run_id
         if run_id is None:
