@@ -237,6 +237,7 @@ class _Run:
         self.pending_at_start: int | None = None
         self.stop_event = threading.Event()
         self._lock_timeout = 500.0
+        self._sql_statements: dict[bool, Any] = {}
         #: Python mode on PostgreSQL: read and compute the next batch on this
         #: engine while the current one is written
         self.read_ahead_engine: Engine | None = None
@@ -660,7 +661,12 @@ class _Run:
         )
 
     def _sql_batch(self, conn: Connection, lower: Key | None, hi: Key) -> tuple[int, list[Key]]:
-        result = conn.execute(self._sql_update(self.keys.between(lower, hi)))
+        has_lower = lower is not None
+        statement = self._sql_statements.get(has_lower)
+        if statement is None:  # built once per shape, reused with new bounds
+            statement = self._sql_update(self.keys.between_params(has_lower))
+            self._sql_statements[has_lower] = statement
+        result = conn.execute(statement, self.keys.params(lower, hi))
         return int(result.rowcount), []
 
     def _sql_batch_bisected(

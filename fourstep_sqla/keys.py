@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Integer, and_, func, or_, select, tuple_
+from sqlalchemy import Connection, Integer, and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column, Table
 
@@ -58,6 +58,25 @@ class KeyRange:
         if lower is None:
             return upper_clause  # type: ignore[no-any-return]
         return and_(expr > self._key_value(lower), upper_clause)
+
+    def between_params(self, has_lower: bool) -> ColumnElement[bool]:
+        """:meth:`between` over bound parameters ``lo_i`` / ``hi_i``.
+
+        A statement built once with it is reused for every batch: only the
+        parameters change, so neither the expression nor its cache key is
+        rebuilt per batch.
+        """
+        lower = tuple(bindparam(f"lo_{i}", type_=c.type) for i, c in enumerate(self.columns))
+        upper = tuple(bindparam(f"hi_{i}", type_=c.type) for i, c in enumerate(self.columns))
+        return self.between(lower if has_lower else None, upper)
+
+    @staticmethod
+    def params(lower: tuple[Any, ...] | None, upper: tuple[Any, ...]) -> dict[str, Any]:
+        """The parameters of :meth:`between_params` for one batch."""
+        values = {f"hi_{i}": v for i, v in enumerate(upper)}
+        if lower is not None:
+            values.update({f"lo_{i}": v for i, v in enumerate(lower)})
+        return values
 
     def equals(self, key: tuple[Any, ...]) -> ColumnElement[bool]:
         return and_(*(c == v for c, v in zip(self.columns, key)))
