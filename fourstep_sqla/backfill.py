@@ -82,7 +82,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .attribute import PhasedSpec
@@ -106,6 +106,7 @@ __all__ = [
     "BackfillReport",
     "ExternalTransactionError",
     "backfill",
+    "pending_count",
 ]
 
 log = logging.getLogger("fourstep_sqla.backfill")
@@ -197,7 +198,7 @@ def _is_data_error(exc: DBAPIError) -> bool:
     state = _sqlstate(exc)
     if state is not None:
         return state.startswith("22")  # data exception class
-    return exc.__class__.__name__ in ("DataError",) or "DataError" in type(exc.orig).__name__
+    return isinstance(exc, DataError)
 
 
 # -- the engine ---------------------------------------------------------------
@@ -562,9 +563,6 @@ class _Run:
             if raw is not None and not getattr(raw, "in_transaction", True):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    def lock_timeout(self) -> float:
-        return self._lock_timeout
-
     def setup_session(self, conn: Connection) -> None:
         """Pick a lock_timeout below the server's deadlock_timeout (PostgreSQL)."""
         if conn.dialect.name != "postgresql":
@@ -677,18 +675,13 @@ class _Run:
         return self._settle_failures(conn, run_id, updated, failed)
 
     def _bisect(self, conn: Connection, keys: list[Key]) -> tuple[int, list[tuple[Key, str]]]:
+        """Update ``keys`` (consecutive pending keys) under savepoints, halving the
+        list until every failing row stands alone."""
         if not keys:
             return 0, []
-        lower_excl = None
         try:
             with conn.begin_nested():
-                if len(keys) == 1:
-                    where = self.keys.equals(keys[0])
-                else:
-                    where = and_(
-                        self.keys.between(lower_excl, keys[-1]),
-                        self._at_least(keys[0]),
-                    )
+                where = self.keys.from_to(keys[0], keys[-1])
                 result = conn.execute(self._sql_update(where))
             return int(result.rowcount), []
         except DBAPIError as exc:
@@ -700,14 +693,6 @@ class _Run:
             left = self._bisect(conn, keys[:middle])
             right = self._bisect(conn, keys[middle:])
             return left[0] + right[0], left[1] + right[1]
-
-    def _at_least(self, key: Key) -> ColumnElement[bool]:
-        expr = self.keys.columns[0] if self.keys.single else None
-        if expr is not None:
-            return expr >= key[0]  # type: ignore[no-any-return]
-        from sqlalchemy import tuple_
-
-        return tuple_(*self.keys.columns) >= tuple_(*key)
 
     def _settle_failures(
         self, conn: Connection, run_id: str, updated: int, failed: list[tuple[Key, str]]
@@ -773,23 +758,19 @@ class _Run:
                 prefetched = None
             else:
                 rows = self.read_pending(conn, lower, hi)
-                writes, failed = [], []
+                writes, failed = self._compute(rows, width)
             if skipped:
                 rows = [r for r in rows if tuple(r[:width]) not in skipped]
-                writes = [w for w in writes if tuple(w[:width]) not in skipped]
                 failed = [f for f in failed if f[0] not in skipped]
             if not rows:
                 self.last_write_seconds = -1.0  # nothing written: steer on the batch
                 return total_updated, skipped
-            if not writes and not failed:
-                writes, failed = self._compute(rows, width)
-            if failed and self.on_error == "stop":
-                self._settle_failures(conn, run_id, 0, failed)
+            # raises on "stop" before anything of the batch is written
+            skipped += self._settle_failures(conn, run_id, 0, failed)[1]
             write_started = time.monotonic()
             updated = self._write_python(conn, writes, self.keys.between(lower, hi))
             self.last_write_seconds = time.monotonic() - write_started
             total_updated += updated
-            skipped += self._settle_failures(conn, run_id, 0, failed)[1]
             if updated == len(writes):
                 return total_updated, skipped
             # compare-and-set skipped rows whose old value moved: sweep them again
@@ -999,6 +980,25 @@ class _Run:
         upper: Key | None = decode_key(text)
         return upper
 
+
+
+def pending_count(bind: Engine | Connection, attribute_or_key: Any) -> int:
+    """Rows a backfill of ``attribute_or_key`` would still write (read-only).
+
+    The same predicate the backfill uses: every new column NULL, some old
+    column not NULL, and ``forward(old)`` not empty.
+    """
+    spec = resolve(attribute_or_key)
+    if spec.table is None:
+        raise BackfillError(f"{spec.describe()} is not mapped yet; import its model first")
+    run = _Run(
+        spec, first_batch=DEFAULT_FIRST_BATCH, target_ms=DEFAULT_TARGET_MS, pause_ms=0.0,
+        max_seconds=None, on_error="stop", lock_timeout_ms=None, retries=0, progress=None,
+    )
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return run.count_pending(conn)
+    return run.count_pending(bind)
 
 
 def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:

@@ -78,10 +78,7 @@ def _problems_for(conn: Connection, spec: PhasedSpec) -> list[CheckProblem]:
         ))
     if spec.phase >= Phase.STOP_READ_OLD and not missing_new:
         state = read_state(conn, key)
-        backfilled = state is not None and (
-            state.run_status == "complete"
-            or (state.recorded_phase is not None and state.recorded_phase >= 3)
-        )
+        backfilled = state is not None and state.backfilled
         if not backfilled:
             found.append(CheckProblem(
                 key,

@@ -12,11 +12,11 @@ Commands
 --------
 ``status``
     For each phased attribute: the phase declared in code, the rows of its
-    table, the rows still pending (every new column NULL and some old column
-    not NULL, counted in SQL; when the forward transform has a SQL form, rows
-    whose ``forward(old)`` is empty are not counted, as the backfill leaves
-    them alone), the rows the backfill skipped, the status of the last backfill
-    run and the last verification (when, ok, missing, mismatched). Read-only.
+    table, the rows still pending (the backfill's own predicate: every new
+    column NULL, some old column not NULL and ``forward(old)`` not empty; in
+    Python mode the transform is applied to the candidate rows to tell), the
+    rows the backfill skipped, the status of the last backfill run and the last
+    verification (when, ok, missing, mismatched). Read-only.
 ``backfill``
     Write ``new = forward(old)`` into every pending row, in primary-key batches,
     each committed with its progress: a run stopped at any moment (Ctrl-C, a
@@ -118,11 +118,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import Engine, and_, case, create_engine, func, inspect, make_url, or_, select
+from sqlalchemy import Engine, create_engine, func, inspect, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from .backfill import BackfillProgress, BackfillReport, backfill
+from .backfill import BackfillProgress, BackfillReport, backfill, pending_count
 from .errors import FourStepError
 from .registry import all_specs, load_models
 from .state import AttributeState, read_state
@@ -539,17 +539,8 @@ def _status_of(ctx: _Context, spec: PhasedSpec) -> dict[str, Any]:
                 info["rows_pending"] = 0
                 info["note"] = "old column(s) dropped"
             else:
-                clauses = [
-                    and_(*(c.is_(None) for c in spec.new_columns)),
-                    or_(*(c.is_not(None) for c in spec.old_columns)),
-                ]
-                if mode == "sql":
-                    forward = spec.forward_sql(spec.old_columns, "fourstep status")
-                    clauses.append(or_(*(f.is_not(None) for f in forward)))
-                pending = conn.execute(
-                    select(func.coalesce(func.sum(case((and_(*clauses), 1), else_=0)), 0))
-                    .select_from(table)
-                ).scalar_one()
+                conn.rollback()
+                pending = pending_count(conn, spec)  # the backfill's own predicate
                 info["rows_pending"] = int(pending)
         conn.rollback()
         state: AttributeState | None = read_state(conn, spec.key)

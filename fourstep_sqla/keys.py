@@ -59,6 +59,11 @@ class KeyRange:
             return upper_clause  # type: ignore[no-any-return]
         return and_(expr > self._key_value(lower), upper_clause)
 
+    def from_to(self, first: tuple[Any, ...], last: tuple[Any, ...]) -> ColumnElement[bool]:
+        """``first <= pk <= last``."""
+        expr = self._key_expr()
+        return and_(expr >= self._key_value(first), expr <= self._key_value(last))
+
     def between_params(self, has_lower: bool) -> ColumnElement[bool]:
         """:meth:`between` over bound parameters ``lo_i`` / ``hi_i``.
 

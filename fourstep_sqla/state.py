@@ -49,7 +49,6 @@ from sqlalchemy import (
     Text,
     select,
 )
-from sqlalchemy.types import TypeEngine
 
 __all__ = [
     "STATE_METADATA",
@@ -165,7 +164,7 @@ def encode_key(values: Sequence[Any]) -> str:
     return json.dumps([_jsonable(v) for v in values], separators=(",", ":"))
 
 
-def decode_key(text: str | None, types: Sequence[TypeEngine[Any]] | None = None) -> Any:
+def decode_key(text: str | None) -> Any:
     """The inverse of :func:`encode_key` (None stays None)."""
     if text is None:
         return None
@@ -189,6 +188,13 @@ class AttributeState:
     verify_missing: int | None
     verify_mismatched: int | None
     verify_sample: list[Any]
+
+    @property
+    def backfilled(self) -> bool:
+        """A backfill run completed, or a migration recorded step 3 or later."""
+        return self.run_status == "complete" or (
+            self.recorded_phase is not None and self.recorded_phase >= 3
+        )
 
     @property
     def verify_ok(self) -> bool | None:

@@ -131,10 +131,7 @@ def fourstep_operations(
                 schema=table.schema,
             ))
         state = read_state(connection, spec.key)
-        backfilled = state is not None and (
-            state.run_status == "complete"
-            or (state.recorded_phase is not None and state.recorded_phase >= 3)
-        )
+        backfilled = state is not None and state.backfilled
         new_in_db = all(n in columns for n in spec.new_column_names)
         if spec.phase >= Phase.STOP_READ_OLD and not backfilled and new_in_db:
             emitted.append(backfill_op(spec, dialect))

@@ -44,6 +44,7 @@ from ..attribute import PhasedSpec
 from ..backfill import BackfillError, ExternalTransactionError, backfill
 from ..ddl import LockPolicy, run_ddl
 from ..errors import FourStepError
+from ..keys import all_null, any_not_null
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
@@ -302,7 +303,7 @@ def _offline_backfill(
     new = [table.c[n] for n in operation.new]
     result = transform.sql(*old)
     values = result if isinstance(result, tuple) else (result,)
-    pending = and_(*(c.is_(None) for c in new), or_(*(c.isnot(None) for c in old)))
+    pending = and_(all_null(new), any_not_null(old))
     context.impl.static_output(
         f"-- fourstep: op.backfill({operation.key!r}) in offline mode is ONE UPDATE over the "
         f"whole table; on a big, busy table run `fourstep backfill {operation.key}` instead"

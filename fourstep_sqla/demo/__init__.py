@@ -253,14 +253,10 @@ def run_demo(url: str | None = None, echo: Callable[[str], None] = print, rows: 
 
 
 def _names(engine: Engine) -> dict[int, str | None]:
+    """Each row's name: the old column, or backward(new) once it is dropped."""
+    join = Transform.join(" ").python
     with engine.connect() as conn:
         if "name" in {c["name"] for c in inspect(engine).get_columns("users")}:
-            rows = conn.execute(text("SELECT id, name FROM users"))
-        else:
-            rows = conn.execute(text(
-                "SELECT id, CASE WHEN first_name IS NULL THEN last_name WHEN last_name IS NULL "
-                "THEN first_name ELSE first_name || ' ' || last_name END FROM users"
-            ))
-        return {int(r[0]): r[1] for r in rows}
-
-
+            return {int(r[0]): r[1] for r in conn.execute(text("SELECT id, name FROM users"))}
+        rows = conn.execute(text("SELECT id, first_name, last_name FROM users"))
+        return {int(r[0]): join(r[1], r[2]) for r in rows}
