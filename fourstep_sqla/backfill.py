@@ -116,7 +116,7 @@ Key = tuple[Any, ...]
 
 #: default target duration of one batch (see the module docs)
 DEFAULT_TARGET_MS = 40.0
-DEFAULT_FIRST_BATCH = 1_000
+DEFAULT_FIRST_BATCH = 4_000
 MIN_BATCH = 50
 MAX_BATCH = 100_000
 
@@ -419,8 +419,19 @@ class _Run:
     # -- working ------------------------------------------------------------------
     def work(self, conn: Connection, lease: Connection, run_id: str) -> None:
         """Claim and finish ranges until none is left or the budget runs out."""
-        batch_size = self.first_batch
-        for rng in self.ranges_todo(conn, run_id):
+        ahead = _ReadAhead(self) if self.read_ahead_engine is not None else None
+        try:
+            self._work(conn, lease, run_id, ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def _work(
+        self, conn: Connection, lease: Connection, run_id: str, ahead: _ReadAhead | None
+    ) -> None:
+        walk = _Walk(self.first_batch)
+        todo = self.ranges_todo(conn, run_id)
+        for i, rng in enumerate(todo):
             if self.stop_event.is_set() or not self.budget_left():
                 return
             if not self.claim(lease, run_id, rng.range_no):
@@ -439,10 +450,25 @@ class _Run:
                     continue
                 cursor = decode_key(cursor_text.cursor_key) or decode_key(rng.lower_key)
                 upper = decode_key(rng.upper_key)
-                batch_size = self.work_range(conn, run_id, rng.range_no, cursor, upper, batch_size)
+                # where the next range (probably ours too) starts: read ahead into it
+                after = todo[i + 1] if i + 1 < len(todo) else None
+                walk.following = None if after is None else (
+                    decode_key(after.cursor_key) or decode_key(after.lower_key),
+                    decode_key(after.upper_key),
+                )
+                self.work_range(conn, run_id, rng.range_no, cursor, upper, walk, ahead)
             finally:
                 if lease.in_transaction():
                     lease.rollback()
+
+    def _batch_end(
+        self, conn: Connection, lower: Key | None, upper: Key, walk: _Walk
+    ) -> Key:
+        if walk.dense and lower is not None and self.keys.integer:
+            # keys were dense so far: step by arithmetic, no probe round trip
+            # (any upper key is correct; the probe only jumps over gaps)
+            return (min(int(lower[0]) + walk.batch_size, int(upper[0])),)
+        return self.keys.batch_end(conn, lower, upper, walk.batch_size)
 
     def work_range(
         self,
@@ -451,38 +477,28 @@ class _Run:
         range_no: int,
         cursor: Key | None,
         upper: Key,
-        batch_size: int,
-    ) -> int:
-        ahead = _ReadAhead(self) if self.read_ahead_engine is not None else None
-        try:
-            return self._work_range(conn, run_id, range_no, cursor, upper, batch_size, ahead)
-        finally:
-            if ahead is not None:
-                ahead.close()
-
-    def _work_range(
-        self,
-        conn: Connection,
-        run_id: str,
-        range_no: int,
-        cursor: Key | None,
-        upper: Key,
-        batch_size: int,
+        walk: _Walk,
         ahead: _ReadAhead | None,
-    ) -> int:
+    ) -> None:
+        """Batches from ``cursor`` to ``upper`` of one claimed range."""
         while cursor != upper:
             if self.stop_event.is_set() or not self.budget_left():
-                return batch_size
+                return
             prefetched = None
-            if ahead is not None and ahead.window is not None and ahead.window[0] == cursor:
+            if ahead is not None and ahead.window is not None and ahead.window[0::2] == (
+                cursor, upper
+            ):
                 # the window read ahead during the previous write: take it as it is
                 hi = ahead.window[1]
                 prefetched = ahead.take()
             else:
-                hi = self.keys.batch_end(conn, cursor, upper, batch_size)
-            if ahead is not None and hi != upper:
-                following = self.keys.batch_end(conn, hi, upper, batch_size)
-                ahead.start(hi, following)
+                hi = self._batch_end(conn, cursor, upper, walk)
+            if ahead is not None:
+                if hi != upper:
+                    ahead.start(hi, self._batch_end(conn, hi, upper, walk), upper)
+                elif walk.following is not None:
+                    start, end = walk.following
+                    ahead.start(start, self._batch_end(conn, start, end, walk), end)
             conn.rollback()
             started = time.monotonic()
             attempts = 0
@@ -495,13 +511,13 @@ class _Run:
                 except DBAPIError as exc:
                     if conn.in_transaction():
                         conn.rollback()
-                    if _is_statement_timeout(exc) and batch_size > MIN_BATCH:
-                        batch_size = max(batch_size // 2, MIN_BATCH)
+                    if _is_statement_timeout(exc) and walk.batch_size > MIN_BATCH:
+                        walk.batch_size = max(walk.batch_size // 2, MIN_BATCH)
                         log.warning(
                             "%s: statement timeout, batch halved to %d rows",
-                            self.spec.key, batch_size,
+                            self.spec.key, walk.batch_size,
                         )
-                        hi = self.keys.batch_end(conn, cursor, upper, batch_size)
+                        hi = self.keys.batch_end(conn, cursor, upper, walk.batch_size)
                         conn.rollback()
                         continue
                     if _is_transient(exc) and attempts < self.retries:
@@ -533,12 +549,12 @@ class _Run:
                     batches=self.report.batches,
                     rows_pending_at_start=self.pending_at_start,
                     elapsed=time.monotonic() - self.started,
-                    batch_size=batch_size,
+                    batch_size=walk.batch_size,
                     last_batch_ms=elapsed * 1000,
                 )
             log.debug(
                 "%s: batch up to %r: %d rows in %.1f ms (size %d)",
-                self.spec.key, hi, updated, elapsed * 1000, batch_size,
+                self.spec.key, hi, updated, elapsed * 1000, walk.batch_size,
             )
             if self.progress_callback is not None:
                 self.progress_callback(snapshot)
@@ -549,11 +565,11 @@ class _Run:
                 steer = self.last_write_seconds
             if self.target > 0 and steer > 0:
                 factor = min(max(self.target / steer, 0.5), 2.0)
-                batch_size = int(min(max(batch_size * factor, MIN_BATCH), MAX_BATCH))
+                walk.batch_size = int(min(max(walk.batch_size * factor, MIN_BATCH), MAX_BATCH))
+            walk.dense = updated > 0
             cursor = hi
             if self.pause:
                 time.sleep(self.pause)
-        return batch_size
 
     def _begin_batch(self, conn: Connection) -> None:
         conn.begin()
@@ -1023,6 +1039,17 @@ def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:
 Prefetched = tuple[list[Any], tuple[list[tuple[Any, ...]], list[tuple[Key, str]]]]
 
 
+@dataclass
+class _Walk:
+    """What one worker carries from batch to batch, across the ranges it claims."""
+
+    batch_size: int
+    #: the last batch found rows: keys are dense, step without probing
+    dense: bool = False
+    #: (start, upper) of the range after the current one, to read ahead into
+    following: tuple[Key | None, Key] | None = None
+
+
 class _ReadAhead:
     """Reads and computes the next Python-mode batch on its own connection.
 
@@ -1038,7 +1065,8 @@ class _ReadAhead:
         self.run = run
         self.conn = run.read_ahead_engine.connect()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fourstep-read-ahead")
-        self.window: tuple[Key | None, Key] | None = None
+        #: (lower, upper, range upper) of the batch being read
+        self.window: tuple[Key | None, Key, Key] | None = None
         self.future: Any = None
 
     def _read(self, lower: Key | None, hi: Key) -> Prefetched:
@@ -1048,8 +1076,8 @@ class _ReadAhead:
             self.conn.rollback()
         return rows, self.run._compute(rows, len(self.run.keys.columns))
 
-    def start(self, lower: Key | None, hi: Key) -> None:
-        self.window = (lower, hi)
+    def start(self, lower: Key | None, hi: Key, range_upper: Key) -> None:
+        self.window = (lower, hi, range_upper)
         self.future = self.pool.submit(self._read, lower, hi)
 
     def take(self) -> Prefetched | None:

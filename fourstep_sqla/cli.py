@@ -23,7 +23,7 @@ Commands
     deploy timeout, ``kill -9``) resumes after its last committed batch when
     started again. Options:
 
-    ``--batch-size N``      rows in the first batch (default 1000), then adapted
+    ``--batch-size N``      rows in the first batch (default 4000), then adapted
                             toward ``--target-ms``
     ``--target-ms MS``      target duration of one batch (default 40); 0 keeps
                             the batch size fixed
@@ -122,7 +122,13 @@ from sqlalchemy import Engine, create_engine, func, inspect, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from .backfill import BackfillProgress, BackfillReport, backfill, pending_count
+from .backfill import (
+    DEFAULT_FIRST_BATCH,
+    BackfillProgress,
+    BackfillReport,
+    backfill,
+    pending_count,
+)
 from .errors import FourStepError
 from .registry import all_specs, load_models
 from .state import AttributeState, read_state
@@ -326,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bf = commands.add_parser("backfill", parents=[common], help="write new = forward(old)")
     bf.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                    help="rows in the first batch (default 1000)")
+                    help=f"rows in the first batch (default {DEFAULT_FIRST_BATCH})")
     bf.add_argument("--target-ms", type=_non_negative_float, default=40.0, metavar="MS",
                     help="target batch duration; 0 keeps the batch size fixed (default 40)")
     bf.add_argument("--pause-ms", type=_non_negative_float, default=0.0, metavar="MS",
