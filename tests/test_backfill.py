@@ -1151,6 +1151,47 @@ class TestWorkers:
         assert _hits(engine, "any") == fills
 
 
+@pytest.mark.postgres
+class TestReadAhead:
+    """Python mode on PostgreSQL reads the next batch while the current one is written."""
+
+    def test_every_batch_but_the_first_is_read_ahead_across_ranges(
+        self, pg_schema_engine: Engine
+    ) -> None:
+        engine = pg_schema_engine
+        world = World.build(engine, "bfe_read_ahead", SPLIT, mode="python")
+        expected = world.seed_pending(range(1, N + 1))
+        reads: list[str] = []  # the thread of every read of the table's pending rows
+        table = world.table.name
+
+        def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            # the pending rows of a batch: key and old value, not probes or counts
+            if statement.startswith(f"SELECT {table}.id, {table}.name \nFROM {table} "):
+                reads.append(threading.current_thread().name)
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            report = backfill(engine, world.attr, batch_size=10, target_ms=0)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+
+        assert_sensible(report, mode="python", rows=N)
+        assert world.new_values() == expected
+        assert report.batches == planned_batches(engine, report.run_id, 10)
+        with engine.connect() as conn:
+            ranges = conn.execute(
+                text("SELECT count(*) FROM fourstep_ranges WHERE run_id = :r"),
+                {"r": report.run_id},
+            ).scalar_one()
+        assert ranges > 1, "the run should span several ranges for this test to mean much"
+        ahead = [name for name in reads if name.startswith("fourstep-read-ahead")]
+        # the first batch is read by the worker itself; every later one, including the
+        # first batch of each new range, was read ahead (the end-of-run count is not
+        # a read of rows: count_pending is not called without a progress callback)
+        assert len(reads) - len(ahead) == 1, reads
+        assert len(ahead) == report.batches - 1
+
+
 # -- 9. lock manners (PostgreSQL) ------------------------------------------------------
 @pytest.mark.postgres
 class TestLockManners:
