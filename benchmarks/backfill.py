@@ -58,6 +58,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
 from fourstep_sqla import Phase, Transform, backfill, phased, verify
+from fourstep_sqla.backfill import DEFAULT_FIRST_BATCH, DEFAULT_TARGET_MS
 
 SCHEMA = "fourstep_bench"
 ORM_PAGE = 1_000
@@ -502,7 +503,8 @@ def main() -> None:
             print(
                 f"  per 1,000 keys: first {sum(per_k[:k]) / k:.2f} ms, last "
                 f"{sum(per_k[-k:]) / k:.2f} ms (mean batch {first_keys:,.0f} vs "
-                f"{last_keys:,.0f} keys; the size starts at 1,000 and adapts to 40 ms)"
+                f"{last_keys:,.0f} keys; the size starts at {DEFAULT_FIRST_BATCH:,} and adapts "
+                f"to {DEFAULT_TARGET_MS:g} ms)"
             )
 
         mb = 1e6 / 1024  # ru_maxrss is in KiB on Linux; MB = 10^6 bytes

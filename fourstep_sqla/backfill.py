@@ -23,8 +23,11 @@ How it stays safe on a big, busy table:
 - **Adaptive batch size** toward ``target_ms`` per batch (never more than
   doubling or halving per step). Every row a batch touches stays locked until
   it commits, so the target bounds how long an application write can wait.
-  The default (40 ms) is about 10,000 rows per batch on PostgreSQL: full
-  single-UPDATE throughput with a concurrent writer's p99 near 3 ms.
+  The default (40 ms) is about 12,000 narrow rows per batch on PostgreSQL,
+  which keeps a concurrent writer's p99 near 3-4 ms on a 1M-row table; the
+  first batch is 4,000 rows. While keys are dense, a batch's upper key is
+  computed (``lower + size``); after an empty batch one index probe jumps to
+  the next existing key, so sparse keys cost one probe per gap.
 - **Lock manners on PostgreSQL**: ``lock_timeout`` is set below
   ``deadlock_timeout`` so the backfill, not the application, gives way; lock
   timeouts, deadlocks and serialization failures are retried a bounded number
