@@ -176,6 +176,48 @@ _TIMEOUT_SQLSTATES = {"57014"}  # statement timeout (query_canceled)
 _MYSQL_RETRY = {1205, 1213}
 
 
+# -- statements on the state tables, built once (values bound per call) --------
+def _one_range(table: Any) -> ColumnElement[bool]:
+    """``key = :p_key AND run_id = :p_run AND range_no = :p_range`` on ``table``."""
+    c = table.c
+    return and_(
+        c.key == bindparam("p_key", type_=c.key.type),
+        c.run_id == bindparam("p_run", type_=c.run_id.type),
+        c.range_no == bindparam("p_range", type_=c.range_no.type),
+    )
+
+
+#: lock a range's row on the lease connection, or nothing if another worker holds it
+_CLAIM = (
+    select(ranges_table.c.range_no)
+    .where(_one_range(ranges_table))
+    .with_for_update(skip_locked=True)
+)
+#: a claimed range's cursor, read again now that it is ours
+_CURSOR = select(progress_table.c.cursor_key, progress_table.c.done).where(
+    _one_range(progress_table)
+)
+
+
+def _progress_step() -> Any:
+    """The UPDATE of a range's progress row after a batch."""
+    p = progress_table.c
+    return (
+        update(progress_table)
+        .where(_one_range(progress_table))
+        .values(
+            cursor_key=bindparam("p_cursor", type_=p.cursor_key.type),
+            done=bindparam("p_done", type_=p.done.type),
+            rows_updated=p.rows_updated + bindparam("p_rows", type_=p.rows_updated.type),
+            batches=p.batches + 1,
+            updated_at=bindparam("p_now", type_=p.updated_at.type),
+        )
+    )
+
+
+_PROGRESS_STEP = _progress_step()
+
+
 def _sqlstate(exc: DBAPIError) -> str | None:
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -406,13 +448,7 @@ class _Run:
         lease.rollback()
         lease.begin()
         got = lease.execute(
-            select(ranges_table.c.range_no)
-            .where(
-                ranges_table.c.key == self.spec.key,
-                ranges_table.c.run_id == run_id,
-                ranges_table.c.range_no == range_no,
-            )
-            .with_for_update(skip_locked=True)
+            _CLAIM, {"p_key": self.spec.key, "p_run": run_id, "p_range": range_no}
         ).first()
         if got is None:
             lease.rollback()
@@ -442,11 +478,7 @@ class _Run:
             try:
                 # re-read the cursor now that the range is ours
                 cursor_text = conn.execute(
-                    select(progress_table.c.cursor_key, progress_table.c.done).where(
-                        progress_table.c.key == self.spec.key,
-                        progress_table.c.run_id == run_id,
-                        progress_table.c.range_no == rng.range_no,
-                    )
+                    _CURSOR, {"p_key": self.spec.key, "p_run": run_id, "p_range": rng.range_no}
                 ).one()
                 conn.rollback()
                 if cursor_text.done:
@@ -648,19 +680,16 @@ class _Run:
             else:
                 updated, skipped = self._python_batch(conn, run_id, lower, hi, prefetched)
             conn.execute(
-                update(progress_table)
-                .where(
-                    progress_table.c.key == self.spec.key,
-                    progress_table.c.run_id == run_id,
-                    progress_table.c.range_no == range_no,
-                )
-                .values(
-                    cursor_key=encode_key(hi),
-                    done=hi == upper,
-                    rows_updated=progress_table.c.rows_updated + updated,
-                    batches=progress_table.c.batches + 1,
-                    updated_at=now(),
-                )
+                _PROGRESS_STEP,
+                {
+                    "p_key": self.spec.key,
+                    "p_run": run_id,
+                    "p_range": range_no,
+                    "p_cursor": encode_key(hi),
+                    "p_done": hi == upper,
+                    "p_rows": updated,
+                    "p_now": now(),
+                },
             )
             conn.commit()
         except BaseException:
