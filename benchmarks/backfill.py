@@ -142,14 +142,17 @@ def _single_update(engine: Engine, table: str) -> dict[str, Any]:
         return {"rows_updated": result.rowcount}
 
 
-def _fourstep(engine: Engine, table: str, mode: str) -> dict[str, Any]:
+def _fourstep(
+    engine: Engine, table: str, mode: str, target_ms: float | None = None
+) -> dict[str, Any]:
     model = make_model(table, mode)
     handler = _BatchLog()
     logger = logging.getLogger("fourstep_sqla.backfill")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    report = backfill(engine, model.full_name)
+    options = {} if target_ms is None else {"target_ms": target_ms}
+    report = backfill(engine, model.full_name, **options)
     return {
         "rows_updated": report.rows_updated,
         "batches": report.batches,
@@ -225,7 +228,7 @@ class Writer(threading.Thread):
         return sorted(lat for wall, lat in self.samples if since <= wall <= until)
 
 
-def _child(kind: str, url: str, table: str, pipe: Pipe) -> None:
+def _child(kind: str, url: str, table: str, pipe: Pipe, target_ms: float | None) -> None:
     try:
         engine = make_engine(url)
         with engine.connect() as conn:  # connect and warm up outside the measured window
@@ -239,7 +242,7 @@ def _child(kind: str, url: str, table: str, pipe: Pipe) -> None:
         elif kind == "orm":
             info = _orm_loop(engine, table)
         else:
-            info = _fourstep(engine, table, kind)
+            info = _fourstep(engine, table, kind, target_ms)
         finished = time.time()
         info.update(
             started=started,
@@ -269,11 +272,19 @@ class NoWriter:
         pass
 
 
-def run_child(kind: str, url: str, table: str, writer: Writer | NoWriter) -> dict[str, Any]:
+def run_child(
+    kind: str,
+    url: str,
+    table: str,
+    writer: Writer | NoWriter,
+    target_ms: float | None = None,
+) -> dict[str, Any]:
     """Run one variant in a spawned child, with ``writer`` running while it works."""
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(kind, url, table, theirs), name=f"bench-{kind}")
+    proc = ctx.Process(
+        target=_child, args=(kind, url, table, theirs, target_ms), name=f"bench-{kind}"
+    )
     proc.start()
     theirs.close()
     try:
@@ -375,6 +386,12 @@ def main() -> None:
         help="rows of the prefix copy the hand-written ORM loop runs on (extrapolated)",
     )
     parser.add_argument("--writer-sleep-ms", type=float, default=1.0)
+    parser.add_argument(
+        "--target-ms",
+        type=float,
+        default=None,
+        help=f"fourstep's target batch duration (default: the library's, {DEFAULT_TARGET_MS:g})",
+    )
     args = parser.parse_args()
     rows = args.rows
     orm_rows = min(args.orm_rows, rows)
@@ -408,7 +425,7 @@ def main() -> None:
         print("throughput without the writer (one run each):")
         for kind, label, table, n in variants[:3]:
             fresh_copy(engine, table, n)
-            info = run_child(kind, args.url, table, NoWriter())
+            info = run_child(kind, args.url, table, NoWriter(), args.target_ms)
             quiet[kind] = n / (info["finished"] - info["started"])
             print(f"  {label:37} {quiet[kind]:>10,.0f} rows/s  "
                   f"{quiet[kind] / quiet['update']:5.2f}x")
@@ -424,7 +441,7 @@ def main() -> None:
         for kind, label, table, n in variants:
             fresh_copy(engine, table, n)
             writer = Writer(engine, table, n, args.writer_sleep_ms)
-            info = run_child(kind, args.url, table, writer)
+            info = run_child(kind, args.url, table, writer, args.target_ms)
             seconds = info["finished"] - info["started"]
             info.update(
                 table=table,
@@ -504,7 +521,7 @@ def main() -> None:
                 f"  per 1,000 keys: first {sum(per_k[:k]) / k:.2f} ms, last "
                 f"{sum(per_k[-k:]) / k:.2f} ms (mean batch {first_keys:,.0f} vs "
                 f"{last_keys:,.0f} keys; the size starts at {DEFAULT_FIRST_BATCH:,} and adapts "
-                f"to {DEFAULT_TARGET_MS:g} ms)"
+                f"to {args.target_ms or DEFAULT_TARGET_MS:g} ms)"
             )
 
         mb = 1e6 / 1024  # ru_maxrss is in KiB on Linux; MB = 10^6 bytes

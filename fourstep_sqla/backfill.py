@@ -1058,14 +1058,16 @@ def _ranges_for(keys: KeyRange, dialect: str, workers: int) -> int:
     """How many ranges a new run's key space is split into.
 
     Several per worker so that a fast worker takes over the rest; with one
-    worker, an integer key is still split (it costs nothing) so that other
-    processes started later with the same key can join the run.
+    worker, an integer key is still split in four (nearly free: computed, not
+    counted) so that other processes started later with the same key can join
+    the run. Each range costs its claim and a partial last batch, about 1 ms
+    each: 16 ranges measured 1-2% slower than 4 on a 1M-row backfill.
     """
     if dialect == "sqlite":
         return 1
     if workers > 1:
         return workers * 4
-    return 16 if keys.integer else 1
+    return 4 if keys.integer else 1
 
 
 Prefetched = tuple[list[Any], tuple[list[tuple[Any, ...]], list[tuple[Key, str]]]]

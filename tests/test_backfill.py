@@ -443,7 +443,7 @@ class TestModes:
         [
             (250, 64, [64, 64, 64, 58]),
             (250, 250, [250]),
-            # 16 ranges of 10 keys on PostgreSQL, one range on SQLite: the same batches
+            # 4 ranges of 40 keys on PostgreSQL, one range on SQLite: the same batches
             (160, 10, [10] * 16),
         ],
     )
@@ -625,7 +625,7 @@ class TestUpperBound:
 
 # -- 4. resume ----------------------------------------------------------------------
 # 160 keys in batches of 10 give the same 16 batches on SQLite (one range) and on
-# PostgreSQL (16 ranges of 10 keys each), so tests can name the keys of a batch.
+# PostgreSQL (4 ranges of 40 keys each), so tests can name the keys of a batch.
 N = 160
 
 
