@@ -116,6 +116,12 @@ class Transform(Generic[T]):
         returning a SQL expression (or a tuple of them).
     :param name: a label for messages and generated migrations; defaults to
         the Python callable's name.
+    :param present: optional, with ``sql``: a callable taking the source
+        column expressions and returning a list of cheap SQL conditions that
+        together say ``sql(...)`` is not all NULL, wherever some source is not
+        NULL (``[]``: it never is). The backfill uses it to leave alone rows
+        whose result is empty without evaluating the transform twice per row;
+        see :meth:`present_sql`.
     """
 
     __slots__ = ("_builtin", "_present", "name", "python", "sql")
@@ -130,6 +136,7 @@ class Transform(Generic[T]):
         sql: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
+        present: Callable[..., list[Any]] | None = None,
     ) -> None:
         if not callable(python):
             raise TypeError(f"Transform() needs a callable, got {python!r}")
@@ -140,7 +147,7 @@ class Transform(Generic[T]):
         self.name = name or getattr(python, "__name__", None) or repr(python)
         self._builtin: tuple[str, tuple[Any, ...]] | None = None
         #: see :meth:`present_sql`; None: unknown, evaluate the transform
-        self._present: Callable[..., list[Any]] | None = None
+        self._present: Callable[..., list[Any]] | None = present
 
     def __repr__(self) -> str:
         form = "python+sql" if self.sql is not None else "python only"

@@ -18,7 +18,7 @@ from alembic import command
 from alembic.autogenerate import render_python_code
 from alembic.config import Config
 from alembic.operations.ops import UpgradeOps
-from sqlalchemy import Engine, String, create_engine, inspect, text
+from sqlalchemy import Engine, String, create_engine, event, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fourstep_sqla import Phase, Transform, phased
@@ -237,6 +237,7 @@ class TestRendering:
             "        old=['name'],\n"
             "        new=['first_name', 'last_name'],\n"
             f"        forward_sql={{'first_name': \"{first}\", 'last_name': \"{last}\"}},\n"
+            "        forward_present_sql=\"(name NOT IN ('', ' '))\",\n"
             "    )\n"
             "    # ### end Alembic commands ###"
         )
@@ -266,6 +267,61 @@ class TestRendering:
         env.rendered_steps()
         assert "strpos(name, ' ')" in env.rendered["up3"]
         assert "instr(" not in env.rendered["up3"]
+
+
+class TestEmptyForward:
+    """Rows whose forward(old) is empty ('' and ' ' split into two NULLs) stay alone."""
+
+    @staticmethod
+    def _upgrade_to_s3(env: Env) -> list[str]:
+        command.upgrade(env.config, "s1")
+        with env.engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, name) VALUES (5, ''), (6, ' '), (7, '  ')"))
+        wheres: list[str] = []
+
+        def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith("UPDATE users SET"):
+                wheres.append(statement.split(" WHERE ", 1)[1])
+
+        # op.backfill opens its own connections from an engine built by env.py
+        event.listen(Engine, "before_cursor_execute", capture)
+        try:
+            command.upgrade(env.config, "s3")
+        finally:
+            event.remove(Engine, "before_cursor_execute", capture)
+        return wheres
+
+    def _assert_rows(self, env: Env) -> None:
+        assert env.rows()[4:] == [(5, "", None, None), (6, " ", None, None), (7, "  ", None, " ")]
+        state = read_state(env.engine, "users.full_name")
+        assert state is not None and state.run_status == "complete"
+        assert state.rows_updated == len(ORIGINAL) + 1
+
+    def test_generated_revision_tests_emptiness_without_the_transform(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        env = Env(tmp_path, engine)
+        env.all_steps()
+        assert "forward_present_sql=" in env.rendered["up3"]
+
+        wheres = self._upgrade_to_s3(env)
+
+        self._assert_rows(env)
+        position = "strpos(" if engine.dialect.name == "postgresql" else "instr("
+        assert wheres and all(position not in w and "NOT IN" in w for w in wheres), wheres
+
+    def test_revision_without_it_tests_the_transform(self, engine: Engine, tmp_path: Path) -> None:
+        env = Env(tmp_path, engine)
+        env.all_steps()
+        s3 = env.dir / "versions" / "s3.py"
+        lines = s3.read_text().splitlines(keepends=True)
+        s3.write_text("".join(x for x in lines if "forward_present_sql=" not in x))
+
+        wheres = self._upgrade_to_s3(env)
+
+        self._assert_rows(env)
+        position = "strpos(" if engine.dialect.name == "postgresql" else "instr("
+        assert wheres and all(position in w for w in wheres), wheres
 
 
 class TestLifecycle:

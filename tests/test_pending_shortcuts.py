@@ -223,3 +223,28 @@ def test_backfill_without_a_shortcut_still_tests_the_transform(engine: Engine) -
     values = _new_values(engine, "shortcut_custom")
     assert {k: v for k, v in values.items() if v != (None, None)} == WRITTEN
     assert wheres and all(position in clause for clause in wheres)
+
+
+def test_a_user_transform_can_give_its_own_shortcut(engine: Engine) -> None:
+    split = Transform.split(" ")
+    assert split.sql is not None
+
+    def first_and_last(column: Any) -> tuple[Any, ...]:
+        return split.sql(column)  # type: ignore[misc,no-any-return]
+
+    custom = Transform(
+        split.python,
+        first_and_last,
+        name="my_split",
+        present=lambda column: [column.not_in(["", " "])],
+    )
+    model = _model("shortcut_user", custom)
+    _seed(engine, model)
+    position = "strpos(" if engine.dialect.name == "postgresql" else "instr("
+    with _where_of_updates(engine, "shortcut_user") as wheres:
+        report = backfill(engine, model.full_name)
+
+    assert report.rows_updated == len(WRITTEN)
+    values = _new_values(engine, "shortcut_user")
+    assert {k: v for k, v in values.items() if v != (None, None)} == WRITTEN
+    assert wheres and all(position not in clause for clause in wheres)

@@ -93,8 +93,14 @@ def frozen_transform(
     targets: Sequence[str],
     sql: Mapping[str, str] | None,
     python: str | None,
+    present_sql: str | None = None,
 ) -> Transform[Any]:
-    """A Transform rebuilt from what a revision carries: SQL text and/or a reference."""
+    """A Transform rebuilt from what a revision carries: SQL text and/or a reference.
+
+    ``present_sql``: the frozen :meth:`Transform.present_sql` of a built-in
+    (``""``: nothing to test), which spares the backfill a second evaluation
+    of the transform per row; None: the backfill tests the transform itself.
+    """
     if not sql and not python:
         raise FourStepError(
             f"the {label} transform has neither SQL text nor a 'module:function' reference"
@@ -116,7 +122,19 @@ def frozen_transform(
 
     no_python.sql_only = True  # type: ignore[attr-defined]  # verify has no Python fallback
     callable_ = import_reference(python) if python else no_python
-    return Transform(callable_, sql=from_sql if texts else None, name=f"{label}:{python or 'sql'}")
+    present: Callable[..., list[Any]] | None = None
+    if present_sql is not None and texts:
+        conditions: list[Any] = [literal_column(f"({present_sql})")] if present_sql.strip() else []
+
+        def present(*columns: Any) -> list[Any]:
+            return list(conditions)
+
+    return Transform(
+        callable_,
+        sql=from_sql if texts else None,
+        name=f"{label}:{python or 'sql'}",
+        present=present,
+    )
 
 
 def _column_names(columns: Sequence[Column[Any] | str]) -> list[str]:
@@ -199,12 +217,14 @@ class BackfillOp(_KeyedOp):
         batch_size: int | None = None,
         target_ms: float | None = None,
         on_error: str = "stop",
+        forward_present_sql: str | None = None,
     ) -> None:
         self.key, self.table_name, self.schema = key, table_name, schema
         self.old, self.new = list(old), list(new)
         self.forward_sql = dict(forward_sql) if forward_sql else None
         self.forward = forward
         self.batch_size, self.target_ms, self.on_error = batch_size, target_ms, on_error
+        self.forward_present_sql = forward_present_sql
 
     @classmethod
     def backfill(
@@ -220,11 +240,18 @@ class BackfillOp(_KeyedOp):
         batch_size: int | None = None,
         target_ms: float | None = None,
         on_error: str = "stop",
+        forward_present_sql: str | None = None,
     ) -> None:
-        """Backfill ``new = forward(old)`` on ``table_name`` (see module docs)."""
+        """Backfill ``new = forward(old)`` on ``table_name`` (see module docs).
+
+        ``forward_present_sql``: SQL true where ``forward(old)`` is not empty,
+        given some old column is not NULL (``""``: always); autogenerate writes
+        it for the built-in transforms. Without it each row's transform is
+        evaluated a second time to leave rows with an empty result alone.
+        """
         operations.invoke(
             cls(key, table_name, old, new, forward_sql, forward, schema, batch_size,
-                target_ms, on_error)
+                target_ms, on_error, forward_present_sql)
         )
 
     def reverse(self) -> RecordPhaseOp:
@@ -233,7 +260,9 @@ class BackfillOp(_KeyedOp):
                              self.schema)
 
     def forward_transform(self) -> Transform[Any]:
-        return frozen_transform("forward", self.new, self.forward_sql, self.forward)
+        return frozen_transform(
+            "forward", self.new, self.forward_sql, self.forward, self.forward_present_sql
+        )
 
 
 def _external_transaction_message(key: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import Column
+from sqlalchemy import Column, and_
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import column as column_clause
 
@@ -40,7 +40,7 @@ from .ops import (
     RestoreOldOp,
 )
 
-__all__ = ["backfill_op", "drop_old_op", "transform_sql"]
+__all__ = ["backfill_op", "drop_old_op", "present_sql", "transform_sql"]
 
 
 def transform_sql(
@@ -65,6 +65,22 @@ def transform_sql(
         target.name: str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         for target, expr in zip(targets, expressions)
     }
+
+
+def present_sql(
+    transform: Transform[Any], sources: tuple[Column[Any], ...], dialect: Dialect
+) -> str | None:
+    """The frozen text of ``transform.present_sql`` (``""``: nothing to test; None: unknown)."""
+    if transform.sql is None:
+        return None
+    conditions = transform.present_sql(*(column_clause(c.name, c.type) for c in sources))
+    if conditions is None:
+        return None
+    if not conditions:
+        return ""
+    return str(
+        and_(*conditions).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    )
 
 
 def _reference(spec: PhasedSpec, transform: Transform[Any], label: str) -> str | None:
@@ -98,6 +114,7 @@ def backfill_op(spec: PhasedSpec, dialect: Dialect) -> BackfillOp:
         forward_sql=transform_sql(spec, spec.forward, spec.old_columns, spec.new_columns, dialect),
         forward=_reference(spec, spec.forward, "forward"),
         schema=schema,
+        forward_present_sql=present_sql(spec.forward, spec.old_columns, dialect),
     )
 
 
@@ -162,7 +179,7 @@ def _render_backfill(autogen_context: AutogenContext, op: BackfillOp) -> str:
         autogen_context,
         [op.key, op.table_name],
         {"old": op.old, "new": op.new, "forward_sql": op.forward_sql, "forward": op.forward,
-         "schema": op.schema},
+         "forward_present_sql": op.forward_present_sql, "schema": op.schema},
     )
 
 
