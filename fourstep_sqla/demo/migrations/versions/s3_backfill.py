@@ -40,6 +40,9 @@ def upgrade() -> None:
         old=["name"],
         new=["first_name", "last_name"],
         forward_sql=FORWARD_SQL[op.get_context().dialect.name],
+        # split(" ") is empty only for '' and ' ': rows to leave alone, tested
+        # without evaluating the transform a second time per row
+        forward_present_sql="(name NOT IN ('', ' '))",
     )
 
 
