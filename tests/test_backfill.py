@@ -525,6 +525,31 @@ class TestKeys:
         assert_sensible(report, mode=mode, rows=len(ids))
         assert world.new_values() == expected
 
+    def test_dense_integer_keys_are_stepped_without_probes(self, engine: Engine) -> None:
+        """After a batch that found rows, the next upper key is computed, not looked up;
+        an empty batch (a gap) is followed by one probe to the next existing key."""
+        world = World.build(engine, "bfe_dense_steps", RENAME)
+        ids = [*range(1, 161), *range(5_001, 5_041)]
+        expected = world.seed_pending(ids)
+        probes: list[str] = []
+
+        def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith("SELECT min("):
+                probes.append(statement)
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            report = backfill(engine, world.attr, batch_size=10, target_ms=0)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+
+        assert_sensible(report, mode="sql", rows=len(ids))
+        assert world.new_values() == expected
+        # the first batch of the run, then one after the empty batch past key 160, then
+        # at most one per range boundary that falls inside the gap
+        assert 2 <= len(probes) <= 2 + 4, probes
+        assert report.batches <= len(ids) // 10 + 4 + 2
+
     @by_mode
     def test_integer_keys_with_huge_gaps(self, engine: Engine, mode: str) -> None:
         """Sparse 64-bit keys (snowflake-style ids, sharded id ranges).
