@@ -499,11 +499,7 @@ class _Run:
     def _batch_end(
         self, conn: Connection, lower: Key | None, upper: Key, walk: _Walk
     ) -> Key:
-        if walk.dense and lower is not None and self.keys.integer:
-            # keys were dense so far: step by arithmetic, no probe round trip
-            # (any upper key is correct; the probe only jumps over gaps)
-            return (min(int(lower[0]) + walk.batch_size, int(upper[0])),)
-        return self.keys.batch_end(conn, lower, upper, walk.batch_size)
+        return self.keys.batch_end(conn, lower, upper, walk.batch_size, dense=walk.dense)
 
     def work_range(
         self,

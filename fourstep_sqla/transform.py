@@ -208,9 +208,10 @@ class Transform(Generic[T]):
         def identity_sql(column: Any, /) -> Any:
             return column
 
-        transform: Transform[Any] = cls(identity, identity_sql, name="identity")
+        transform: Transform[Any] = cls(
+            identity, identity_sql, name="identity", present=_never_empty
+        )
         transform._builtin = ("identity", ())
-        transform._present = _never_empty
         return transform
 
     @classmethod
@@ -233,9 +234,9 @@ class Transform(Generic[T]):
             return python(value)
 
         convert.__name__ = convert.__qualname__ = name
-        transform = cls(convert, cast_sql, name=name)
+        # CAST of a value is a value (or an error): never empty
+        transform = cls(convert, cast_sql, name=name, present=_never_empty)
         transform._builtin = ("cast", (python, target_type))
-        transform._present = _never_empty  # CAST of a value is a value (or an error)
         return transform
 
     @classmethod
@@ -275,9 +276,10 @@ class Transform(Generic[T]):
             # every piece is empty only for '', sep, sep+sep, ... (parts - 1 of them)
             return [column.not_in([_const(separator * k) for k in range(parts)])]
 
-        transform = Transform[tuple[str | None, ...]](split, split_sql, name="split")
+        transform = Transform[tuple[str | None, ...]](
+            split, split_sql, name="split", present=split_present
+        )
         transform._builtin = ("split", (separator, parts))
-        transform._present = split_present
         return transform
 
     @classmethod
@@ -301,7 +303,7 @@ class Transform(Generic[T]):
                 )
             return result
 
-        transform = Transform[str | None](join, join_sql, name="join")
+        # some source is not NULL, so the join is not empty
+        transform = Transform[str | None](join, join_sql, name="join", present=_never_empty)
         transform._builtin = ("join", (separator,))
-        transform._present = _never_empty  # some source is not NULL
         return transform
