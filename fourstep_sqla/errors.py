@@ -12,11 +12,14 @@ __all__ = [
     "FourStepError",
     "FourStepWarning",
     "InconsistentWriteError",
+    "NewColumnDefaultError",
+    "NoSyncTriggersWarning",
     "OldColumnNotNullError",
     "OldColumnStillMappedError",
     "PhaseError",
     "RegistryError",
     "SQLTransformRequiredError",
+    "SyncTriggerError",
     "TransformArityError",
     "TransformError",
     "UnknownColumnError",
@@ -52,6 +55,24 @@ class OldColumnStillMappedError(DeclarationError):
 
 class OldColumnNotNullError(DeclarationError):
     """Step 4 stops writing an old column that is NOT NULL without a default."""
+
+
+class NewColumnDefaultError(DeclarationError):
+    """A new column is NOT NULL, or has a non-NULL server default.
+
+    Until the backfill, "every new column NULL" is how a row says it has not
+    been written in the new shape: a value the database puts there by itself
+    would hide the old value from step-2 reads and from the backfill.
+    """
+
+
+class NoSyncTriggersWarning(FourStepWarning):
+    """A phased attribute's transforms have no SQL form, so no database
+    triggers can keep old and new in step for writers outside the ORM."""
+
+
+class SyncTriggerError(FourStepError):
+    """The database sync triggers of a phased attribute cannot be created or used."""
 
 
 class PhaseError(FourStepError):
