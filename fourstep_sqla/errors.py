@@ -8,7 +8,9 @@ deploy log is enough to act on.
 from __future__ import annotations
 
 __all__ = [
+    "BackfillError",
     "DeclarationError",
+    "ExternalTransactionError",
     "FourStepError",
     "FourStepWarning",
     "InconsistentWriteError",
@@ -93,3 +95,11 @@ class InconsistentWriteError(FourStepError):
 
 class RegistryError(FourStepError):
     """A registry key is unknown or claimed twice."""
+
+
+class BackfillError(FourStepError):
+    """A backfill could not finish; nothing of the failing batch was written."""
+
+
+class ExternalTransactionError(BackfillError):
+    """The backfill was handed a connection already inside a transaction."""

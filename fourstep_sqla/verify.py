@@ -1,18 +1,36 @@
-"""Verification: is the new place complete and equal to ``forward(old)``?
+"""Verification: does the new place hold everything the old one holds?
 
 ``verify(bind, User.full_name)`` walks the table in primary-key batches,
-read-only, and counts per row:
+read-only, and sorts every row by how its places relate
+(:mod:`fourstep_sqla.places`):
 
-- **missing**: the old place has a value, ``forward(old)`` is not empty, and
-  every new column is NULL (the backfill has not reached it, or a writer
-  outside the ORM wrote only the old column of a new row);
-- **mismatched**: the new place has a value that differs from ``forward(old)``
-  (NULL-safe comparison, column by column).
+- **missing**: the old place has a value and nothing was written in the new
+  place (the backfill has not reached it, or a writer outside the ORM wrote
+  only the old column of a new row, without sync triggers);
+- **mismatched**: the places disagree: the new place is neither
+  ``forward(old)`` nor a value whose ``backward`` gives the old one back (an
+  old-only write after the backfill that no trigger carried over);
+- **lossy**: the new place is ``forward(old)``, but ``backward(forward(old))``
+  is not the old value ('' split into NULL, NULL; a trailing separator):
+  dropping the old place loses the difference;
+- **unstable**: a new value that ``forward(backward(new))`` does not give back
+  (('Mary Ann', 'Smith') -> 'Mary Ann Smith' -> ('Mary', 'Ann Smith')): after
+  a downgrade past the drop, step-1 code would read it differently. A warning.
 
-Rows whose old place is empty are not compared: at step 4 every new row is
-like that. Comparison runs in SQL when the forward transform has a SQL form,
-in Python otherwise. The result, with up to ``sample_size`` sample keys, is
-recorded in the state table for ``fourstep status`` and the drop gate.
+A row written through the phased attribute (``new = v``, ``old =
+backward(v)``) is never missing or mismatched, whatever the phase that wrote
+it. ``ok`` means no row missing and none mismatched; the drop gate
+(``op.drop_old``) also refuses lossy rows unless told to accept them.
+
+Rows whose old place is empty are compared only where the sync triggers of
+the attribute are installed (detected, or ``synced=``): there a NULL old place
+beside a new value means a write went past the triggers. Without them such a
+row is what every row written at step 4 looks like, and is not compared.
+
+Comparisons are NULL-safe and exact (binary strings on MariaDB/MySQL). They
+run in SQL when both transforms have a SQL form, in Python otherwise. The
+result, with up to ``sample_size`` sample keys, is recorded in the state table
+for ``fourstep status``.
 """
 
 from __future__ import annotations
@@ -26,11 +44,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.sql.elements import ColumnElement
 
 from .attribute import PhasedSpec
+from .dialects import first_line, rules_for
 from .errors import FourStepError
-from .keys import KeyRange, all_null, any_not_null, primary_key_of
+from .keys import KeyRange, primary_key_of
+from .places import LOSSY, MISMATCHED, MISSING, SQLPlaces, compare_values, unstable_value
 from .registry import resolve
 from .state import encode_key, ensure_state_tables, now, state_table
 
@@ -49,9 +68,19 @@ class VerifyResult:
     total: int = 0
     missing: int = 0
     mismatched: int = 0
+    #: keys of missing and mismatched rows, in key order
     sample_keys: list[Key] = field(default_factory=list)
     seconds: float = 0.0
     mode: str = "sql"
+    #: rows whose round trip backward(forward(old)) loses the old value
+    lossy: int = 0
+    lossy_keys: list[Key] = field(default_factory=list)
+    #: rows whose new value forward(backward(new)) does not give back
+    unstable: int = 0
+    unstable_keys: list[Key] = field(default_factory=list)
+    #: the sync triggers keep both places in step (rows with an empty old place
+    #: were compared too)
+    synced: bool = False
 
     @property
     def ok(self) -> bool:
@@ -60,77 +89,107 @@ class VerifyResult:
 
 
 class _Checker:
-    def __init__(self, spec: PhasedSpec, sample_size: int) -> None:
+    def __init__(self, spec: PhasedSpec, sample_size: int, synced: bool) -> None:
         self.spec = spec
         table = spec.table
         assert table is not None
         self.table = table
         self.keys = KeyRange(table, primary_key_of(table, spec.key))
         self.sample_size = sample_size
-        self.mode = "sql" if spec.forward.has_sql else "python"
+        self.synced = synced
+        sql = spec.forward.has_sql and spec.backward.has_sql
+        self.mode = "sql" if sql else "python"
 
-    def sql_conditions(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-        spec = self.spec
-        forward = spec.forward_sql(spec.old_columns, "verify")
-        old_present = any_not_null(spec.old_columns)
-        missing = and_(old_present, all_null(spec.new_columns), any_not_null(forward))
-        differs = or_(*(n.is_distinct_from(f) for n, f in zip(spec.new_columns, forward)))
-        mismatched = and_(old_present, ~all_null(spec.new_columns), differs)
-        return missing, mismatched
+    def _sample(self, found: list[Key], keys: Any) -> None:
+        wanted = self.sample_size - len(found)
+        if wanted > 0:
+            found.extend(list(keys)[:wanted])
 
     def check_sql(
         self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
     ) -> None:
-        missing, mismatched = self.sql_conditions()
+        places = SQLPlaces.of(self.spec, "verify")
+        scope = places.scope(self.synced)
         in_range = self.keys.between(lower, upper)
-        row = conn.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(case((missing, 1), else_=0)), 0),
-                func.coalesce(func.sum(case((mismatched, 1), else_=0)), 0),
-            ).where(in_range)
-        ).one()
+        categories = {
+            "missing": places.missing(),
+            "mismatched": places.mismatched(),
+            "lossy": places.lossy(),
+        }
+        counts = [
+            func.coalesce(func.sum(case((scope & condition, 1), else_=0)), 0)
+            for condition in categories.values()
+        ]
+        row = conn.execute(select(func.count(), *counts).where(in_range)).one()
         result.total += int(row[0])
-        result.missing += int(row[1])
-        result.mismatched += int(row[2])
-        wanted = self.sample_size - len(result.sample_keys)
-        if wanted > 0 and (row[1] or row[2]):
-            samples = conn.execute(
-                select(*self.keys.columns)
-                .where(in_range, or_(missing, mismatched))
-                .order_by(*self.keys.order_by())
-                .limit(wanted)
-            )
-            result.sample_keys.extend(tuple(r) for r in samples)
+        missing, mismatched, lossy = (int(v) for v in row[1:])
+        result.missing += missing
+        result.mismatched += mismatched
+        result.lossy += lossy
+        for count, condition, found in (
+            (missing + mismatched, or_(categories["missing"], categories["mismatched"]),
+             result.sample_keys),
+            (lossy, categories["lossy"], result.lossy_keys),
+        ):
+            wanted = self.sample_size - len(found)
+            if count and wanted > 0:
+                found.extend(self._keys(conn, and_(in_range, scope, condition), wanted))
+        rounds, unstable = places.round_trip(self.spec, and_(in_range, scope), "verify")
+        count = conn.execute(
+            select(func.count()).select_from(rounds).where(unstable)
+        ).scalar_one()
+        result.unstable += int(count)
+        wanted = self.sample_size - len(result.unstable_keys)
+        if count and wanted > 0:
+            keys = [rounds.c[c.name] for c in self.keys.columns]
+            rows = conn.execute(select(*keys).where(unstable).order_by(*keys).limit(wanted))
+            result.unstable_keys.extend(tuple(r) for r in rows)
+
+    def _keys(self, conn: Connection, where: Any, limit: int) -> list[Key]:
+        rows = conn.execute(
+            select(*self.keys.columns).where(where).order_by(*self.keys.order_by()).limit(limit)
+        )
+        return [tuple(r) for r in rows]
 
     def check_sql_or_python(
         self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
     ) -> None:
-        """SQL, unless the SQL transform fails on a row of this batch (a value a
-        cast rejects, left behind by ``on_error="skip"``): then this batch is
-        compared in Python, where such rows count as missing or mismatched."""
-        if conn.dialect.name == "sqlite":
-            self.check_sql(conn, lower, upper, result)
-            return
-        snapshot = (result.total, result.missing, result.mismatched, len(result.sample_keys))
-        savepoint = conn.begin_nested()
+        """SQL, unless a SQL transform fails on a row of this batch (a value a cast
+        rejects, left behind by ``on_error="skip"``): then this batch is compared
+        in Python, where such rows count as missing or mismatched."""
+        snapshot = (
+            result.total, result.missing, result.mismatched, result.lossy, result.unstable,
+            len(result.sample_keys), len(result.lossy_keys), len(result.unstable_keys),
+        )
+        rules = rules_for(conn)
+        savepoint = conn.begin_nested() if rules.error_aborts_transaction else None
         try:
             self.check_sql(conn, lower, upper, result)
         except DBAPIError as exc:
-            savepoint.rollback()
-            result.total, result.missing, result.mismatched = snapshot[:3]
-            del result.sample_keys[snapshot[3]:]
-            if getattr(self.spec.forward.python, "sql_only", False):
+            if savepoint is not None:
+                savepoint.rollback()
+            if not rules.is_data_error(exc):
+                raise
+            (result.total, result.missing, result.mismatched, result.lossy,
+             result.unstable) = snapshot[:5]
+            del result.sample_keys[snapshot[5]:]
+            del result.lossy_keys[snapshot[6]:]
+            del result.unstable_keys[snapshot[7]:]
+            sql_only = getattr(self.spec.forward.python, "sql_only", False) or getattr(
+                self.spec.backward.python, "sql_only", False
+            )
+            if sql_only:
                 raise FourStepError(
-                    f"{self.spec.key}: the forward SQL fails on a row with keys after "
-                    f"{lower!r} up to {upper!r} ({str(exc.orig).splitlines()[0]}) and this "
-                    f"transform has no Python form to compare with; fix those rows"
+                    f"{self.spec.key}: a transform's SQL fails on a row with keys after "
+                    f"{lower!r} up to {upper!r} ({first_line(exc)}) and this transform has "
+                    f"no Python form to compare with; fix those rows"
                 ) from exc
-            log.warning("%s: forward SQL failed in keys (%r, %r], comparing in Python: %s",
-                        self.spec.key, lower, upper, str(exc.orig).splitlines()[0])
+            log.warning("%s: SQL transform failed in keys (%r, %r], comparing in Python: %s",
+                        self.spec.key, lower, upper, first_line(exc))
             self.check_python(conn, lower, upper, result)
         else:
-            savepoint.commit()
+            if savepoint is not None:
+                savepoint.commit()
 
     def check_python(
         self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
@@ -148,23 +207,21 @@ class _Checker:
             key = tuple(row[:width])
             old = tuple(row[width : width + n_old])
             new = tuple(row[width + n_old :])
-            if old.count(None) == len(old):
+            category = compare_values(spec, old, new, self.synced, key)
+            if category is None:
                 continue
-            try:
-                expected = spec.forward_values(old, row=key)
-            except FourStepError:
-                expected = None
-            new_empty = new.count(None) == len(new)
-            bad = False
-            if new_empty:
-                if expected is None or expected.count(None) != len(expected):
+            if category in (MISSING, MISMATCHED):
+                if category == MISSING:
                     result.missing += 1
-                    bad = True
-            elif expected is None or tuple(expected) != new:
-                result.mismatched += 1
-                bad = True
-            if bad and len(result.sample_keys) < self.sample_size:
-                result.sample_keys.append(key)
+                else:
+                    result.mismatched += 1
+                self._sample(result.sample_keys, [key])
+            elif category == LOSSY:
+                result.lossy += 1
+                self._sample(result.lossy_keys, [key])
+            if unstable_value(spec, new, key):
+                result.unstable += 1
+                self._sample(result.unstable_keys, [key])
 
 
 def verify(
@@ -174,13 +231,17 @@ def verify(
     batch_size: int = 50_000,
     sample_size: int = 10,
     record: bool = True,
+    synced: bool | None = None,
     progress: Callable[[VerifyResult], None] | None = None,
 ) -> VerifyResult:
-    """Compare ``forward(old)`` with ``new`` for every row (read-only).
+    """Sort every row by how its old and new places relate (read-only).
 
     :param batch_size: rows per primary-key batch.
-    :param sample_size: how many keys of bad rows to report.
+    :param sample_size: how many keys of bad rows to report per kind.
     :param record: write the result into the state table.
+    :param synced: whether the sync triggers keep both places in step (rows
+        with an empty old place are then compared too); None: look in the
+        database.
     :param progress: called after every batch with the running result.
     """
     spec = resolve(attribute_or_key)
@@ -188,12 +249,16 @@ def verify(
         raise FourStepError(f"{spec.describe()} is not mapped yet; import its model first")
     if not spec.old_columns:
         raise FourStepError(f"{spec.key}: the old column is gone; there is nothing to verify")
-    checker = _Checker(spec, sample_size)
-    result = VerifyResult(key=spec.key, mode=checker.mode)
     started = time.monotonic()
     owned = isinstance(bind, Engine)
     conn = bind.connect() if isinstance(bind, Engine) else bind
     try:
+        if synced is None:
+            from .triggers import installed
+
+            synced = installed(conn, spec)
+        checker = _Checker(spec, sample_size, synced)
+        result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
         upper = checker.keys.last_key(conn)
         lower: Key | None = None
         while upper is not None and lower != upper:
@@ -209,8 +274,9 @@ def verify(
             conn.rollback()
         result.seconds = time.monotonic() - started
         log.info(
-            "%s: %d rows, %d missing, %d mismatched (%.2f s)",
-            spec.key, result.total, result.missing, result.mismatched, result.seconds,
+            "%s: %d rows, %d missing, %d mismatched, %d lossy, %d unstable (%.2f s)",
+            spec.key, result.total, result.missing, result.mismatched, result.lossy,
+            result.unstable, result.seconds,
         )
         if record:
             if owned:

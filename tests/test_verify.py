@@ -347,13 +347,18 @@ class TestTransformErrors:
         model = make_split("bfe_v_raises", mode="python", forward=Transform(strict_split))
         rows = [split_row(i, f"F{i} L{i}", f"F{i}", f"L{i}") for i in range(1, 21)]
         rows[4] = split_row(5, "bad row")  # cannot be computed, new empty: missing
-        rows[9] = split_row(10, "bad row", "bad", "row")  # new written: mismatched
+        rows[14] = split_row(15, "bad row", "bad", "other")  # new written, differs: mismatched
+        # written through the attribute (old = backward(new)): nothing would be lost,
+        # but forward(backward(new)) fails, so a downgrade past the drop could not
+        # read it: unstable, not mismatched
+        rows[9] = split_row(10, "bad row", "bad", "row")
         create(engine, model, rows)
 
         result = verify(engine, model.full_name, record=False)
 
         assert (result.total, result.missing, result.mismatched) == (20, 1, 1)
-        assert result.sample_keys == [(5,), (10,)]
+        assert result.sample_keys == [(5,), (15,)]
+        assert (result.unstable, result.unstable_keys) == (2, [(10,), (15,)])
 
     @pytest.mark.postgres
     def test_sql_cast_that_fails(self, pg_schema_engine: Engine) -> None:
