@@ -152,10 +152,10 @@ def _job(
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             rules = rules_for(conn)
-            synced = _synced(conn, spec) if repair else False
+            synced = _synced(conn, spec)
     else:
         rules = rules_for(bind)
-        synced = _synced(bind, spec) if repair else False
+        synced = _synced(bind, spec)
     state_key = f"{spec.key}:repair" if repair else spec.key
     return make_job(
         spec, keys, rules, state_key=state_key, on_error=on_error, repair=repair, synced=synced

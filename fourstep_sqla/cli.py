@@ -45,7 +45,7 @@ Commands
     default 10).
     ``status --check`` also runs the deploy-order guard (:func:`fourstep_sqla.check`)
     and exits 1 when this code must not run on this database.
-``revision --step 2|3|4 KEY -m MESSAGE``
+``revision --step 1|2|3|4 KEY -m MESSAGE``
     Write the Alembic revision of that step for one phased attribute, without
     autogenerate: the same operations the autogenerate comparator emits, with
     the transforms' SQL rendered for the database's dialect. Uses
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rv = commands.add_parser("revision", parents=[common],
                              help="write the Alembic revision of a step (2, 3 or 4)")
-    rv.add_argument("--step", type=int, choices=(2, 3, 4), required=True)
+    rv.add_argument("--step", type=int, choices=(1, 2, 3, 4), required=True)
     rv.add_argument("-m", "--message", default=None)
 
     dm = commands.add_parser("demo", help="walk the four steps on an embedded SQLite database")

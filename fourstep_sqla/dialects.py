@@ -30,6 +30,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -52,7 +53,7 @@ def first_line(exc: DBAPIError) -> str:
 
 
 class DialectRules:
-    """The rules of a database the engine does not know specially (MySQL/MariaDB)."""
+    """The rules of a database the engine does not know specially."""
 
     name = "default"
     #: several workers (threads or processes) may share one run's ranges
@@ -74,6 +75,13 @@ class DialectRules:
     def begin_batch(self, conn: Connection) -> None:
         """Begin the transaction of one batch."""
         conn.begin()
+
+    def quiet_triggers(self, conn: Connection, key: str) -> None:
+        """Keep the sync triggers of ``key`` out of this batch's own writes (they
+        are set for the whole session where the database can tell sessions)."""
+
+    def wake_triggers(self, conn: Connection, key: str) -> None:
+        """Undo :meth:`quiet_triggers` before the batch commits."""
 
     # -- errors ---------------------------------------------------------------------
     def sqlstate(self, exc: DBAPIError) -> str | None:
@@ -153,6 +161,24 @@ class DialectRules:
         return int(conn.execute(stmt, params).rowcount)
 
 
+class MySQLRules(DialectRules):
+    name = "mysql"
+
+    def setup_session(self, conn: Connection, lock_timeout_ms: float | None) -> None:
+        """The sync triggers stay out of the library's own writes (``@fourstep_sync``,
+        see :mod:`fourstep_sqla.triggers`)."""
+        conn.exec_driver_sql("SET @fourstep_sync = 'off'")
+        conn.commit()
+
+    def teardown_session(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        if conn.in_transaction():
+            conn.rollback()
+        conn.exec_driver_sql("SET @fourstep_sync = NULL")
+        conn.commit()
+
+
 class PostgreSQLRules(DialectRules):
     name = "postgresql"
     reads_ahead = True
@@ -169,6 +195,8 @@ class PostgreSQLRules(DialectRules):
         ``synchronous_commit = off``: a crash may lose the last few batches, but
         each one with its own progress row (same transaction), so the resume
         redoes exactly those; in exchange no batch waits for its WAL flush.
+        ``fourstep.sync = off``: the sync triggers stay out of the library's own
+        writes (see :mod:`fourstep_sqla.triggers`).
         """
         deadlock = conn.exec_driver_sql(
             "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
@@ -179,7 +207,8 @@ class PostgreSQLRules(DialectRules):
         timeout = min(wanted, ceiling)
         conn.exec_driver_sql(
             f"SET lock_timeout = '{int(timeout)}ms'; "
-            "SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off"
+            "SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off; "
+            "SET fourstep.sync = 'off'"
         )
         conn.commit()
 
@@ -189,7 +218,8 @@ class PostgreSQLRules(DialectRules):
         if conn.in_transaction():
             conn.rollback()
         conn.exec_driver_sql(
-            "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit"
+            "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit; "
+            "RESET fourstep.sync"
         )
         conn.commit()
 
@@ -288,6 +318,26 @@ class SQLiteRules(DialectRules):
         if raw is not None and not getattr(raw, "in_transaction", True):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    def setup_session(self, conn: Connection, lock_timeout_ms: float | None) -> None:
+        pass
+
+    def teardown_session(self, conn: Connection) -> None:
+        pass
+
+    def quiet_triggers(self, conn: Connection, key: str) -> None:
+        # SQLite triggers cannot read a session setting: a marker row, visible to
+        # no other writer (SQLite has one writer at a time) and gone at commit
+        from .triggers import SQLITE_MARKER
+
+        conn.execute(
+            text(f"INSERT INTO {SQLITE_MARKER} (key) VALUES (:key)"), {"key": key}
+        )
+
+    def wake_triggers(self, conn: Connection, key: str) -> None:
+        from .triggers import SQLITE_MARKER
+
+        conn.execute(text(f"DELETE FROM {SQLITE_MARKER} WHERE key = :key"), {"key": key})
+
     def is_transient(self, exc: DBAPIError) -> bool:
         return "database is locked" in str(exc.orig)
 
@@ -311,6 +361,8 @@ def _unbounded(type_: TypeEngine[Any]) -> TypeEngine[Any]:
 _RULES: dict[str, DialectRules] = {
     "postgresql": PostgreSQLRules(),
     "sqlite": SQLiteRules(),
+    "mysql": MySQLRules(),
+    "mariadb": MySQLRules(),
 }
 _DEFAULT = DialectRules()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, false, or_
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import coercions, roles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -23,55 +24,68 @@ from sqlalchemy.types import Boolean, String
 __all__ = ["differs", "row_differs", "same", "same_row"]
 
 
-class _differs(ColumnElement[bool]):
-    """``a`` and ``b`` differ, NULL-safe, exactly (no collation)."""
+class _exact(ColumnElement[bool]):
+    """``a`` and ``b`` are the same (``equal``) or differ: NULL-safe, exact."""
 
     inherit_cache = True
     type = Boolean()
+    #: a comparison already: never rendered as ``(...) = 1`` in a WHERE
+    _is_implicitly_boolean = True
 
-    def __init__(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> None:
-        self.a = a
-        self.b = b
+    def __init__(self, a: Any, b: Any, equal: bool) -> None:
+        self.a = coercions.expect(roles.ExpressionElementRole, a)
+        self.b = coercions.expect(roles.ExpressionElementRole, b)
+        self.equal = equal
 
     _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's own convention)
         ("a", InternalTraversal.dp_clauseelement),
         ("b", InternalTraversal.dp_clauseelement),
+        ("equal", InternalTraversal.dp_boolean),
     ]
 
     @property
     def _from_objects(self) -> list[Any]:
         return [*self.a._from_objects, *self.b._from_objects]
 
+    def _negate(self) -> ColumnElement[bool]:
+        return _exact(self.a, self.b, not self.equal)
+
     @property
     def textual(self) -> bool:
         return isinstance(self.a.type, String) or isinstance(self.b.type, String)
 
 
-@compiles(_differs)
-def _differs_default(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.process(element.a.is_distinct_from(element.b), **kw)
+@compiles(_exact)
+def _exact_default(element: _exact, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = compiler.process(element.a, **kw), compiler.process(element.b, **kw)
+    return f"({a} IS {'NOT ' if element.equal else ''}DISTINCT FROM {b})"
 
 
-def _differs_mysql(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
-    a = compiler.process(element.a, **kw)
-    b = compiler.process(element.b, **kw)
+@compiles(_exact, "sqlite")
+def _exact_sqlite(element: _exact, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = compiler.process(element.a, **kw), compiler.process(element.b, **kw)
+    return f"({a} IS {'' if element.equal else 'NOT '}{b})"
+
+
+def _exact_mysql(element: _exact, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = compiler.process(element.a, **kw), compiler.process(element.b, **kw)
     if element.textual:
-        return f"NOT (CAST({a} AS BINARY) <=> CAST({b} AS BINARY))"
-    return f"NOT ({a} <=> {b})"
+        a, b = f"CAST({a} AS BINARY)", f"CAST({b} AS BINARY)"
+    return f"({a} <=> {b})" if element.equal else f"(NOT ({a} <=> {b}))"
 
 
-compiles(_differs, "mysql")(_differs_mysql)
-compiles(_differs, "mariadb")(_differs_mysql)
+compiles(_exact, "mysql")(_exact_mysql)
+compiles(_exact, "mariadb")(_exact_mysql)
 
 
 def differs(a: Any, b: Any) -> ColumnElement[bool]:
     """``a`` differs from ``b``: NULL-safe and exact on every dialect."""
-    return _differs(a, b)
+    return _exact(a, b, equal=False)
 
 
 def same(a: Any, b: Any) -> ColumnElement[bool]:
     """``a`` equals ``b``: NULL-safe and exact on every dialect."""
-    return ~_differs(a, b)
+    return _exact(a, b, equal=True)
 
 
 def row_differs(left: Sequence[Any], right: Sequence[Any]) -> ColumnElement[bool]:

@@ -92,6 +92,8 @@ class Job:
         self.rules = rules
         self.state_key = state_key
         self.on_error = on_error
+        #: the sync triggers to keep quiet during this job's writes, when installed
+        self.trigger_key: str | None = None
         #: seconds the last write held its row locks; -1: nothing written, steer
         #: on the batch (Python mode reads without locks, so only the write counts)
         self.last_write_seconds = 0.0
@@ -119,6 +121,13 @@ class Job:
     def count_pending(self, conn: Connection, upper: Key | None = None) -> int:
         """Rows this job would still write (up to ``upper``), read-only."""
         raise NotImplementedError
+
+    def restart(self, conn: Connection) -> None:
+        """Roll the batch back and begin it again, to redo it carefully."""
+        conn.rollback()
+        self.rules.begin_batch(conn)
+        if self.trigger_key is not None:
+            self.rules.quiet_triggers(conn, self.trigger_key)
 
     # -- failures ---------------------------------------------------------------------
     def settle(
@@ -210,8 +219,7 @@ class SQLFill(Job):
                 raise
             # a row's value broke the SQL transform: redo the batch finding which
             # rows, under savepoints (rare, so the fast path has none)
-            conn.rollback()
-            self.rules.begin_batch(conn)
+            self.restart(conn)
             keys = self.keys.keys_in(conn, lower, hi, self.pending(with_forward=False))
             updated, failed = self._bisect(conn, keys)
             return self.settle(conn, run_id, updated, failed)
@@ -485,8 +493,7 @@ class PythonFill(Job):
                 raise
             # the database refused a value the checks let through: redo the batch,
             # finding the refused rows under savepoints (rare: no savepoint otherwise)
-            conn.rollback()
-            self.rules.begin_batch(conn)
+            self.restart(conn)
             return self._sweep(conn, run_id, lower, hi, None, careful=True)
 
     def _sweep(
@@ -672,10 +679,16 @@ def make_job(
 ) -> Job:
     """The job for ``spec``: SQL where the transforms it needs have SQL forms."""
     options: dict[str, Any] = {"state_key": state_key, "on_error": on_error}
+    job: Job
     if repair:
         if spec.forward.has_sql and spec.backward.has_sql:
-            return SQLRepair(spec, keys, rules, synced=synced, **options)
-        return PythonRepair(spec, keys, rules, synced=synced, **options)
-    if spec.forward.has_sql:
-        return SQLFill(spec, keys, rules, **options)
-    return PythonFill(spec, keys, rules, **options)
+            job = SQLRepair(spec, keys, rules, synced=synced, **options)
+        else:
+            job = PythonRepair(spec, keys, rules, synced=synced, **options)
+    elif spec.forward.has_sql:
+        job = SQLFill(spec, keys, rules, **options)
+    else:
+        job = PythonFill(spec, keys, rules, **options)
+    if synced:
+        job.trigger_key = spec.key.removesuffix(":restore")
+    return job

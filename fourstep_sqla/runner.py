@@ -466,8 +466,13 @@ class Runner:
     ) -> tuple[int, list[Key]]:
         """One batch and its progress record, in one transaction."""
         self.rules.begin_batch(conn)
+        quiet = self.job.trigger_key
         try:
+            if quiet is not None:
+                self.rules.quiet_triggers(conn, quiet)
             updated, skipped = self.job.batch(conn, run_id, lower, hi, prefetched)
+            if quiet is not None:
+                self.rules.wake_triggers(conn, quiet)
             conn.execute(
                 _PROGRESS_STEP,
                 {

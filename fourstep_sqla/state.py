@@ -107,7 +107,8 @@ skipped_table = Table(
     "fourstep_skipped",
     STATE_METADATA,
     Column("key", String(255), primary_key=True),
-    Column("row_key", String(1000), primary_key=True),
+    # 255 + 512 characters: the longest primary key MariaDB/MySQL allow in utf8mb4
+    Column("row_key", String(512), primary_key=True),
     Column("run_id", String(36)),
     Column("error", Text),
     Column("recorded_at", DateTime(timezone=True)),

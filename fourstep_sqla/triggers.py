@@ -76,8 +76,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
+from .attribute import PhasedSpec
 from .errors import SyncTriggerError
-from .exact import row_differs, same
+from .exact import row_differs, same, same_row
+from .frozen import transform_sql
 from .keys import all_null, any_not_null
 
 __all__ = ["SyncTriggers", "installed", "trigger_names"]
@@ -142,7 +144,8 @@ class SyncTriggers:
     schema: str | None = None
     primary_key: tuple[str, ...] = field(default=())
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Both transforms' SQL is there for every target column."""
         for label, texts, targets in (
             ("forward", self.forward_sql, self.new),
             ("backward", self.backward_sql, self.old),
@@ -154,6 +157,33 @@ class SyncTriggers:
                     f"sync triggers need the SQL form of both transforms"
                 )
 
+    @classmethod
+    def of(cls, spec: PhasedSpec, dialect: Dialect) -> SyncTriggers:
+        """The triggers of a live phased attribute, its transforms frozen for ``dialect``."""
+        table = spec.table
+        if table is None:
+            raise SyncTriggerError(f"{spec.describe()} is not mapped yet")
+        forward = transform_sql(spec, spec.forward, spec.old_columns, spec.new_columns, dialect)
+        backward = transform_sql(
+            spec, spec.backward, spec.new_columns, spec.old_columns, dialect
+        )
+        if forward is None or backward is None:
+            raise SyncTriggerError(
+                f"{spec.describe()}: sync triggers need the SQL form of both transforms; "
+                f"{'forward' if forward is None else 'backward'} "
+                f"{(spec.forward if forward is None else spec.backward).name!r} has none"
+            )
+        return cls(
+            key=spec.key,
+            table_name=table.name,
+            schema=table.schema,
+            old=tuple(spec.old_columns),
+            new=tuple(spec.new_columns),
+            forward_sql=forward,
+            backward_sql=backward,
+            primary_key=tuple(c.name for c in table.primary_key.columns),
+        )
+
     @property
     def base(self) -> str:
         return _slug(self.key)
@@ -164,6 +194,7 @@ class SyncTriggers:
     # -- rendering ------------------------------------------------------------------
     def create(self, dialect: Dialect) -> list[str]:
         """The statements that create the triggers, in order."""
+        self.check()
         return _renderer(dialect, self).create()
 
     def drop(self, dialect: Dialect) -> list[str]:
@@ -275,11 +306,11 @@ class _PostgreSQL(_Renderer):
             "ins_bwd": and_(self.old_unwritten(old_ref), any_not_null(new_ref)),
             "ins_fwd": and_(all_null(new_ref), any_not_null(old_ref)),
             # the new side assigned, the old one not (unchanged): old := backward(new)
-            "upd_new": and_(~row_differs(old_ref, before_old)),
+            "upd_new": same_row(old_ref, before_old),
             # the old side assigned, the new one not, and the two do not agree already
             # (the ORM's write of v with new unchanged sets old = backward(v))
             "upd_old": and_(
-                ~row_differs(new_ref, before_new), row_differs(old_ref, backward_of_new)
+                same_row(new_ref, before_new), row_differs(old_ref, backward_of_new)
             ),
         }
         events = {
@@ -379,10 +410,10 @@ class _SQLite(_Renderer):
             f"CREATE TRIGGER {self.q(names[0])} AFTER INSERT ON {table} FOR EACH ROW "
             f"WHEN {awake} BEGIN {ins_body} END",
             f"CREATE TRIGGER {self.q(names[1])} AFTER UPDATE OF {new_cols} ON {table} "
-            f"FOR EACH ROW WHEN {awake} AND {self.sql(~row_differs(old_ref, before_old))} "
+            f"FOR EACH ROW WHEN {awake} AND {self.sql(same_row(old_ref, before_old))} "
             f"BEGIN {upd_new} END",
             f"CREATE TRIGGER {self.q(names[2])} AFTER UPDATE OF {old_cols} ON {table} "
-            f"FOR EACH ROW WHEN {awake} AND {self.sql(~row_differs(new_ref, before_new))} "
+            f"FOR EACH ROW WHEN {awake} AND {self.sql(same_row(new_ref, before_new))} "
             f"BEGIN {upd_old} END",
         ]
 
@@ -431,13 +462,17 @@ class _MySQL(_Renderer):
         new_ref, old_ref = self.ref("NEW", self.t.new), self.ref("NEW", self.t.old)
         before_new, before_old = self.ref("OLD", self.t.new), self.ref("OLD", self.t.old)
         awake = "COALESCE(@fourstep_sync, '') <> 'off'"
-        new_changed = self.sql(row_differs(new_ref, before_new))
-        old_changed = self.sql(row_differs(old_ref, before_old))
+        new_only = self.sql(
+            and_(row_differs(new_ref, before_new), same_row(old_ref, before_old))
+        )
+        old_only = self.sql(
+            and_(row_differs(old_ref, before_old), same_row(new_ref, before_new))
+        )
         backward_check = self._select_into(self.t.backward_sql, self.t.old, self.t.new, "c")
-        agrees = self.sql(and_(*(
-            same(r, literal_column(f"@fourstep_c{i}", type_=c.type))
-            for i, (r, c) in enumerate(zip(old_ref, self.t.old))
-        )))
+        disagrees = self.sql(row_differs(
+            old_ref,
+            [literal_column(f"@fourstep_c{i}", type_=c.type) for i, c in enumerate(self.t.old)],
+        ))
         names = trigger_names(self.t.key, "mysql")
         table = self.table()
         insert_body = (
@@ -449,11 +484,11 @@ class _MySQL(_Renderer):
         )
         update_body = (
             f"BEGIN IF {awake} THEN "
-            f"IF {new_changed} AND NOT ({old_changed}) THEN {self._backward()} "
-            f"ELSEIF {old_changed} AND NOT ({new_changed}) THEN "
+            f"IF {new_only} THEN {self._backward()} "
+            f"ELSEIF {old_only} THEN "
             f"BEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET @fourstep_c0 = NULL; "
             f"{backward_check} END; "
-            f"IF NOT ({agrees}) THEN {self._forward()} END IF; "
+            f"IF {disagrees} THEN {self._forward()} END IF; "
             f"END IF; END IF; END"
         )
         return [
@@ -495,7 +530,7 @@ def _renderer(dialect: Dialect, triggers: SyncTriggers) -> _Renderer:
 
 
 # -- what the database has --------------------------------------------------------------
-def installed(conn: Connection, spec: Any) -> bool:
+def installed(conn: Connection, spec: PhasedSpec) -> bool:
     """Whether every sync trigger of ``spec`` (a PhasedSpec) exists on its table."""
     table = spec.table
     if table is None:

@@ -24,6 +24,7 @@ from sqlalchemy import Column
 
 from . import compare as _compare  # noqa: F401  (registers the autogenerate comparator)
 from . import render as _render  # noqa: F401  (registers the renderers)
+from . import trigger_ops as _trigger_ops  # noqa: F401  (registers the trigger operations)
 from .ops import (
     BackfillOp,
     DropOldOp,

@@ -8,6 +8,9 @@ table):
 - step 1 and later, the old column NOT NULL without a server default:
   ``op.relax_old_not_null`` (replacing Alembic's own ``alter_column`` on that
   column, and never emitting one back while the model declares it NOT NULL);
+- steps 1-3, both transforms with a SQL form, the sync triggers not in the
+  database: ``op.create_sync_triggers``, after the new columns (opt out with
+  ``context.configure(fourstep_sync_triggers=False)``);
 - phase reached ``STOP_READ_OLD`` and the backfill not recorded: ``op.backfill``;
 - ``STOP_WRITE_OLD`` with the old column still in the database: ``op.drop_old``;
 - once dropped, the ``unmapped_column()`` still in the model is hidden from
@@ -33,14 +36,16 @@ from ..attribute import PhasedSpec
 from ..phase import Phase
 from ..registry import all_specs
 from ..state import STATE_METADATA, read_state
+from ..triggers import SQLITE_MARKER, triggers_present
 from .ops import RelaxOldNotNullOp
-from .render import backfill_op, drop_old_op
+from .render import backfill_op, drop_old_op, sync_triggers_op
+from .trigger_ops import sync_triggers_enabled
 
 __all__ = ["fourstep_operations"]
 
 log = logging.getLogger("fourstep_sqla.alembic.compare")
 
-STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables)
+STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables) | {SQLITE_MARKER}
 
 
 def _metadatas(autogen_context: AutogenContext) -> list[MetaData]:
@@ -130,13 +135,25 @@ def fourstep_operations(
                 existing_type=spec.old_columns[spec.old_column_names.index(strict[0])].type,
                 schema=table.schema,
             ))
+        triggers_wanted = (
+            spec.phase < Phase.STOP_WRITE_OLD
+            and len(old_in_db) == len(spec.old_column_names)
+            and sync_triggers_enabled(autogen_context.migration_context)
+        )
+        synced = triggers_present(connection, spec.key, table.name, table.schema)
+        if triggers_wanted and not synced:
+            triggers = sync_triggers_op(spec, dialect)
+            if triggers is not None:
+                emitted.append(triggers)
         state = read_state(connection, spec.key)
         backfilled = state is not None and state.backfilled
         new_in_db = all(n in columns for n in spec.new_column_names)
         if spec.phase >= Phase.STOP_READ_OLD and not backfilled and new_in_db:
             emitted.append(backfill_op(spec, dialect))
         if spec.phase is Phase.STOP_WRITE_OLD and new_in_db:
-            emitted.append(drop_old_op(spec, dialect))
+            # the downgrade creates the triggers again only if the database has them:
+            # the step-1 revision that made them also drops them on its own downgrade
+            emitted.append(drop_old_op(spec, dialect, sync_triggers=synced))
     upgrade_ops.ops.extend(emitted)
     return emitted
 

@@ -29,13 +29,12 @@ functions of :mod:`fourstep_sqla.alembic` (``fs.backfill(...)``) if you care.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, MetaData, Table, and_, literal_column, or_, update
+from sqlalchemy import Column, MetaData, Table, and_, or_, update
 from sqlalchemy import table as table_clause
 from sqlalchemy.sql import column as column_clause
 from sqlalchemy.types import TypeEngine
@@ -44,10 +43,12 @@ from ..attribute import PhasedSpec
 from ..backfill import BackfillError, ExternalTransactionError, backfill
 from ..ddl import LockPolicy, run_ddl
 from ..errors import FourStepError
+from ..frozen import frozen_transform
 from ..keys import all_null, any_not_null
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
+from ..triggers import SyncTriggers, from_table
 from ..verify import verify
 
 __all__ = [
@@ -65,76 +66,6 @@ log = logging.getLogger("fourstep_sqla.alembic")
 
 class DropRefusedError(FourStepError):
     """``op.drop_old`` found rows that would lose data; the column stays."""
-
-
-# -- frozen transforms ----------------------------------------------------------
-def import_reference(reference: str) -> Callable[..., Any]:
-    """The callable named by ``"module:function"`` (dotted qualname allowed)."""
-    module_name, _, qualname = reference.partition(":")
-    if not module_name or not qualname:
-        raise FourStepError(f"{reference!r} is not a 'module:function' reference")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise FourStepError(
-            f"the migration references the Python transform {reference!r}, which does not "
-            f"import ({type(exc).__name__}: {exc}); keep that function importable while "
-            f"this migration may run"
-        ) from exc
-    if not callable(target):
-        raise FourStepError(f"{reference!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-def frozen_transform(
-    label: str,
-    targets: Sequence[str],
-    sql: Mapping[str, str] | None,
-    python: str | None,
-    present_sql: str | None = None,
-) -> Transform[Any]:
-    """A Transform rebuilt from what a revision carries: SQL text and/or a reference.
-
-    ``present_sql``: the frozen :meth:`Transform.present_sql` of a built-in
-    (``""``: nothing to test), which spares the backfill a second evaluation
-    of the transform per row; None: the backfill tests the transform itself.
-    """
-    if not sql and not python:
-        raise FourStepError(
-            f"the {label} transform has neither SQL text nor a 'module:function' reference"
-        )
-    if sql is not None:
-        missing = [t for t in targets if t not in sql]
-        if missing:
-            raise FourStepError(f"the {label} SQL has no expression for {', '.join(missing)}")
-    texts = dict(sql or {})
-
-    def from_sql(*columns: Any) -> Any:
-        expressions: tuple[Any, ...] = tuple(literal_column(f"({texts[t]})") for t in targets)
-        return expressions[0] if len(expressions) == 1 else expressions
-
-    def no_python(*values: Any) -> Any:
-        raise FourStepError(
-            f"the {label} transform of this migration has no Python form; it runs in SQL only"
-        )
-
-    no_python.sql_only = True  # type: ignore[attr-defined]  # verify has no Python fallback
-    callable_ = import_reference(python) if python else no_python
-    present: Callable[..., list[Any]] | None = None
-    if present_sql is not None and texts:
-        conditions: list[Any] = [literal_column(f"({present_sql})")] if present_sql.strip() else []
-
-        def present(*columns: Any) -> list[Any]:
-            return list(conditions)
-
-    return Transform(
-        callable_,
-        sql=from_sql if texts else None,
-        name=f"{label}:{python or 'sql'}",
-        present=present,
-    )
 
 
 def _column_names(columns: Sequence[Column[Any] | str]) -> list[str]:
@@ -347,19 +278,22 @@ class _OldColumnsOp(_KeyedOp):
         key: str,
         table_name: str,
         old: Sequence[Column[Any]],
-        new: Sequence[str],
+        new: Sequence[str | Column[Any]],
         forward_sql: Mapping[str, str] | None = None,
         backward_sql: Mapping[str, str] | None = None,
         forward: str | None = None,
         backward: str | None = None,
         schema: str | None = None,
+        sync_triggers: bool = False,
+        accept_lossy: bool = False,
     ) -> None:
         self.key, self.table_name, self.schema = key, table_name, schema
         self.old = list(old)
-        self.new = list(new)
+        self.new = _column_names(new)
         self.forward_sql = dict(forward_sql) if forward_sql else None
         self.backward_sql = dict(backward_sql) if backward_sql else None
         self.forward, self.backward = forward, backward
+        self.sync_triggers, self.accept_lossy = sync_triggers, accept_lossy
 
     @property
     def old_names(self) -> list[str]:
@@ -376,9 +310,15 @@ class _OldColumnsOp(_KeyedOp):
                                       self.backward),
         )
 
+    def triggers(self, table: Table) -> SyncTriggers:
+        """The sync triggers of this attribute on ``table`` (reflected)."""
+        return from_table(self.key, table, self.old_names, self.new,
+                          self.forward_sql or {}, self.backward_sql or {})
+
     def _args(self) -> tuple[Any, ...]:
         return (self.key, self.table_name, self.old, self.new, self.forward_sql,
-                self.backward_sql, self.forward, self.backward, self.schema)
+                self.backward_sql, self.forward, self.backward, self.schema,
+                self.sync_triggers, self.accept_lossy)
 
 
 @Operations.register_operation("drop_old")
@@ -392,19 +332,31 @@ class DropOldOp(_OldColumnsOp):
         key: str,
         table_name: str,
         old: Sequence[Column[Any]],
-        new: Sequence[str],
+        new: Sequence[str | Column[Any]],
         forward_sql: Mapping[str, str] | None = None,
         backward_sql: Mapping[str, str] | None = None,
         forward: str | None = None,
         backward: str | None = None,
         schema: str | None = None,
+        sync_triggers: bool = False,
+        accept_lossy: bool = False,
     ) -> None:
-        """Drop the old column(s) of ``key`` once no row would lose data."""
+        """Drop the old column(s) of ``key`` once no row would lose data.
+
+        The drop refuses while a row is missing or mismatched, and while a row
+        would not survive the round trip ``backward(forward(old))`` unless
+        ``accept_lossy=True``. The sync triggers (if any) are dropped with the
+        column(s), in one lock-safe transaction. ``sync_triggers=True``: the
+        reverse (``restore_old``) creates them again.
+        """
         operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, forward,
-                              backward, schema))
+                              backward, schema, sync_triggers, accept_lossy))
 
     def reverse(self) -> RestoreOldOp:
         return RestoreOldOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("remove_fourstep_old_columns", self.key, self.table_name, self.old_names)
 
 
 @Operations.register_operation("restore_old")
@@ -418,19 +370,62 @@ class RestoreOldOp(_OldColumnsOp):
         key: str,
         table_name: str,
         old: Sequence[Column[Any]],
-        new: Sequence[str],
+        new: Sequence[str | Column[Any]],
         forward_sql: Mapping[str, str] | None = None,
         backward_sql: Mapping[str, str] | None = None,
         forward: str | None = None,
         backward: str | None = None,
         schema: str | None = None,
+        sync_triggers: bool = False,
+        accept_lossy: bool = False,
     ) -> None:
-        """Re-add the old column(s) of ``key`` and fill them with backward(new)."""
+        """Re-add the old column(s) of ``key`` and fill them with backward(new);
+        with ``sync_triggers=True`` create the sync triggers again first."""
         operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, forward,
-                              backward, schema))
+                              backward, schema, sync_triggers, accept_lossy))
 
     def reverse(self) -> DropOldOp:
         return DropOldOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_fourstep_old_columns", self.key, self.table_name, self.old_names)
+
+
+def _keys(keys: Sequence[Any]) -> str:
+    return ", ".join(repr(k) for k in keys)
+
+
+def drop_gate(conn: Any, operation: _OldColumnsOp, table: Table) -> None:
+    """Refuse the drop, with counts and sample keys, while a row would lose data."""
+    spec = operation.spec(table)
+    result = verify(conn, spec, record=False)
+    where = f"{', '.join(operation.old_names)} of {table.description}"
+    if not result.ok:
+        raise DropRefusedError(
+            f"{operation.key}: refusing to drop {where}: {result.missing} row(s) have a value "
+            f"only in the old place and {result.mismatched} row(s) differ from forward(old) "
+            f"without backward(new) giving the old value back (of {result.total}; sample keys "
+            f"{_keys(result.sample_keys)}). Nothing was dropped. Run `fourstep backfill "
+            f"{operation.key} --repair` (it writes new = forward(old) where the places "
+            f"disagree), check with `fourstep verify {operation.key}`, then upgrade again."
+        )
+    if result.lossy and not operation.accept_lossy:
+        raise DropRefusedError(
+            f"{operation.key}: refusing to drop {where}: {result.lossy} row(s) hold an old "
+            f"value that backward(forward(old)) does not give back, so dropping it loses the "
+            f"difference (sample keys {_keys(result.lossy_keys)}: e.g. '' split into NULLs, "
+            f"a trailing separator). Nothing was dropped. Fix those values, or accept the "
+            f"loss with op.drop_old(..., accept_lossy=True)."
+        )
+    if result.lossy:
+        log.warning("%s: dropping %s with %d lossy row(s) accepted (sample keys %s)",
+                    operation.key, where, result.lossy, _keys(result.lossy_keys))
+    if result.unstable:
+        log.warning(
+            "%s: %d row(s) hold a new value that forward(backward(new)) does not give back "
+            "(sample keys %s): after a downgrade past this drop, code at step 1 reads them "
+            "differently", operation.key, result.unstable, _keys(result.unstable_keys),
+        )
 
 
 @Operations.implementation_for(DropOldOp)
@@ -441,28 +436,26 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
             f"-- fourstep: the drop gate of {operation.key} cannot run offline; run "
             f"`fourstep verify {operation.key}` against the database before applying this"
         )
-    else:
-        conn = operations.get_bind()
-        spec = operation.spec(operation.reflect(conn))
-        result = verify(conn, spec, record=False)
-        if not result.ok:
-            raise DropRefusedError(
-                f"{operation.key}: refusing to drop {', '.join(operation.old_names)} of "
-                f"{operation.table_name}: {result.missing} row(s) have a value only in the old "
-                f"column(s) and {result.mismatched} row(s) differ from forward(old) "
-                f"(of {result.total}); sample keys {result.sample_keys!r}. Nothing was "
-                f"dropped. Run `fourstep backfill {operation.key}` and `fourstep verify "
-                f"{operation.key}`, then upgrade again."
-            )
-    _drop_columns(operations, operation)
-    if not context.as_sql:
-        record_phase(operations.get_bind(), operation.key, operation.table_name,
-                     Phase.STOP_WRITE_OLD)
+        _drop_columns(operations, operation, None)
+        return
+    conn = operations.get_bind()
+    table = operation.reflect(conn)
+    drop_gate(conn, operation, table)
+    # a write that commits between the gate and the DROP is carried into the new
+    # place by the sync triggers, which are dropped in the DROP's own transaction
+    _drop_columns(operations, operation, operation.triggers(table))
+    record_phase(operations.get_bind(), operation.key, operation.table_name,
+                 Phase.STOP_WRITE_OLD)
 
 
-def _drop_columns(operations: Operations, operation: _OldColumnsOp) -> None:
+def _drop_columns(
+    operations: Operations, operation: _OldColumnsOp, triggers: SyncTriggers | None
+) -> None:
+    """Drop the sync triggers and the old column(s), in one lock-safe transaction."""
     context = operations.get_context()
-    if context.dialect.name == "sqlite":
+    dialect = context.dialect
+    drop_triggers = triggers.drop(dialect) if triggers is not None else []
+    if dialect.name == "sqlite":
         # SQLite's DROP COLUMN refuses indexed, unique, view- or trigger-referenced
         # columns: batch mode copies the table instead
         # (and, like PostgreSQL, drop the indexes on them along with them)
@@ -471,7 +464,10 @@ def _drop_columns(operations: Operations, operation: _OldColumnsOp) -> None:
         names = set(operation.old_names)
         indexes = []
         if not context.as_sql:
-            inspector = inspect(operations.get_bind())
+            conn = operations.get_bind()
+            for statement in drop_triggers:
+                conn.exec_driver_sql(statement)
+            inspector = inspect(conn)
             indexes = [
                 ix["name"]
                 for ix in inspector.get_indexes(operation.table_name, schema=operation.schema)
@@ -483,14 +479,19 @@ def _drop_columns(operations: Operations, operation: _OldColumnsOp) -> None:
             for name in operation.old_names:
                 batch.drop_column(name)
         return
-    for name in operation.old_names:
-        what = f"{operation.key}: DROP COLUMN {name}"
-        if context.as_sql:
+
+    def drop() -> None:
+        for statement in drop_triggers:
+            operations.get_bind().exec_driver_sql(statement)
+        for name in operation.old_names:
             operations.drop_column(operation.table_name, name, schema=operation.schema)
-            continue
-        conn = operations.get_bind()
-        run_ddl(conn, what, lambda n=name: operations.drop_column(  # type: ignore[misc]
-            operation.table_name, n, schema=operation.schema), lock_policy(operations))
+
+    if context.as_sql:
+        for name in operation.old_names:
+            operations.drop_column(operation.table_name, name, schema=operation.schema)
+        return
+    what = f"DROP COLUMN {', '.join(operation.old_names)}"
+    run_ddl(operations.get_bind(), f"{operation.key}: {what}", drop, lock_policy(operations))
 
 
 @Operations.implementation_for(RestoreOldOp)
@@ -523,6 +524,14 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
         return
     if context._in_external_transaction:
         raise ExternalTransactionError(_external_transaction_message(operation.key))
+    if operation.sync_triggers:
+        from .trigger_ops import run_statements, sync_triggers_enabled
+
+        if sync_triggers_enabled(operations):
+            # before the restore: a step-4 writer meanwhile gets its old place too
+            triggers = operation.triggers(operation.reflect(operations.get_bind()))
+            run_statements(operations, operation.key, "create sync triggers",
+                           triggers.create(context.dialect))
     with context.autocommit_block():
         connection = context.connection
         assert connection is not None

@@ -24,12 +24,12 @@ from typing import Any
 
 from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import Column, and_
+from sqlalchemy import Column
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import column as column_clause
 
 from ..attribute import PhasedSpec
 from ..errors import FourStepError
+from ..frozen import present_sql, transform_sql
 from ..transform import Transform
 from .ops import (
     BackfillOp,
@@ -39,48 +39,9 @@ from .ops import (
     RestoreOldNotNullOp,
     RestoreOldOp,
 )
+from .trigger_ops import CreateSyncTriggersOp, DropSyncTriggersOp
 
-__all__ = ["backfill_op", "drop_old_op", "present_sql", "transform_sql"]
-
-
-def transform_sql(
-    spec: PhasedSpec,
-    transform: Transform[Any],
-    sources: tuple[Column[Any], ...],
-    targets: tuple[Column[Any], ...],
-    dialect: Dialect,
-) -> dict[str, str] | None:
-    """``{target column: SQL text}`` of ``transform`` for ``dialect`` (None without SQL)."""
-    if transform.sql is None:
-        return None
-    arguments = [column_clause(c.name, c.type) for c in sources]
-    result = transform.sql(*arguments)
-    expressions = result if isinstance(result, tuple) else (result,)
-    if len(expressions) != len(targets):
-        raise FourStepError(
-            f"{spec.describe()}: the SQL form of {transform.name!r} returned "
-            f"{len(expressions)} expression(s) for {len(targets)} column(s)"
-        )
-    return {
-        target.name: str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-        for target, expr in zip(targets, expressions)
-    }
-
-
-def present_sql(
-    transform: Transform[Any], sources: tuple[Column[Any], ...], dialect: Dialect
-) -> str | None:
-    """The frozen text of ``transform.present_sql`` (``""``: nothing to test; None: unknown)."""
-    if transform.sql is None:
-        return None
-    conditions = transform.present_sql(*(column_clause(c.name, c.type) for c in sources))
-    if conditions is None:
-        return None
-    if not conditions:
-        return ""
-    return str(
-        and_(*conditions).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    )
+__all__ = ["backfill_op", "drop_old_op", "present_sql", "sync_triggers_op", "transform_sql"]
 
 
 def _reference(spec: PhasedSpec, transform: Transform[Any], label: str) -> str | None:
@@ -118,8 +79,30 @@ def backfill_op(spec: PhasedSpec, dialect: Dialect) -> BackfillOp:
     )
 
 
-def drop_old_op(spec: PhasedSpec, dialect: Dialect) -> DropOldOp:
-    """The step-4 operation for ``spec``, frozen for ``dialect``."""
+def sync_triggers_op(spec: PhasedSpec, dialect: Dialect) -> CreateSyncTriggersOp | None:
+    """The step-1 sync triggers for ``spec``, frozen for ``dialect`` (None for a
+    transform without a SQL form)."""
+    if not (spec.forward.has_sql and spec.backward.has_sql):
+        return None
+    name, schema = _table_args(spec)
+    forward = transform_sql(spec, spec.forward, spec.old_columns, spec.new_columns, dialect)
+    backward = transform_sql(spec, spec.backward, spec.new_columns, spec.old_columns, dialect)
+    assert forward is not None and backward is not None
+    return CreateSyncTriggersOp(
+        spec.key,
+        name,
+        old=[Column(c.name, c.type) for c in spec.old_columns],
+        new=[Column(c.name, c.type) for c in spec.new_columns],
+        forward_sql=forward,
+        backward_sql=backward,
+        schema=schema,
+    )
+
+
+def drop_old_op(spec: PhasedSpec, dialect: Dialect, sync_triggers: bool = False) -> DropOldOp:
+    """The step-4 operation for ``spec``, frozen for ``dialect``; with
+    ``sync_triggers`` (and SQL forms of both transforms) its reverse creates the
+    sync triggers again."""
     name, schema = _table_args(spec)
     old = [
         Column(c.name, c.type, nullable=True, server_default=c.server_default)
@@ -137,6 +120,7 @@ def drop_old_op(spec: PhasedSpec, dialect: Dialect) -> DropOldOp:
         forward=_reference(spec, spec.forward, "forward"),
         backward=_reference(spec, spec.backward, "backward"),
         schema=schema,
+        sync_triggers=sync_triggers and spec.forward.has_sql and spec.backward.has_sql,
     )
 
 
@@ -153,7 +137,7 @@ def _kwargs(autogen_context: AutogenContext, items: dict[str, Any]) -> str:
 
     parts = []
     for key, value in items.items():
-        if value is None:
+        if value is None or value is False:
             continue
         if isinstance(value, list) and value and isinstance(value[0], Column):
             columns = ", ".join(
@@ -192,7 +176,8 @@ def _render_columns_op(
         [op.key, op.table_name],
         {"old": op.old, "new": op.new, "forward_sql": op.forward_sql,
          "backward_sql": op.backward_sql, "forward": op.forward, "backward": op.backward,
-         "schema": op.schema},
+         "schema": op.schema, "sync_triggers": op.sync_triggers,
+         "accept_lossy": op.accept_lossy},
     )
 
 
@@ -204,6 +189,28 @@ def _render_drop_old(autogen_context: AutogenContext, op: DropOldOp) -> str:
 @renderers.dispatch_for(RestoreOldOp)
 def _render_restore_old(autogen_context: AutogenContext, op: RestoreOldOp) -> str:
     return _render_columns_op("restore_old", autogen_context, op)
+
+
+def _render_triggers_op(
+    name: str, autogen_context: AutogenContext, op: CreateSyncTriggersOp
+) -> str:
+    return _render(
+        name,
+        autogen_context,
+        [op.key, op.table_name],
+        {"old": op.old, "new": op.new, "forward_sql": op.forward_sql,
+         "backward_sql": op.backward_sql, "schema": op.schema},
+    )
+
+
+@renderers.dispatch_for(CreateSyncTriggersOp)
+def _render_create_sync_triggers(autogen_context: AutogenContext, op: CreateSyncTriggersOp) -> str:
+    return _render_triggers_op("create_sync_triggers", autogen_context, op)
+
+
+@renderers.dispatch_for(DropSyncTriggersOp)
+def _render_drop_sync_triggers(autogen_context: AutogenContext, op: DropSyncTriggersOp) -> str:
+    return _render_triggers_op("drop_sync_triggers", autogen_context, op)
 
 
 @renderers.dispatch_for(RecordPhaseOp)

@@ -1,0 +1,196 @@
+"""Alembic operations for the sync triggers (see :mod:`fourstep_sqla.triggers`).
+
+``op.create_sync_triggers(key, table_name, old, new, forward_sql, backward_sql)``
+    step 1, after the new columns: the database keeps old and new in step for
+    every writer from now until the drop. Reverse: ``op.drop_sync_triggers``.
+``op.drop_sync_triggers(...)``
+    the same arguments; drops what exists. ``op.drop_old`` drops the triggers
+    itself, in the same transaction as the old column(s).
+
+``old`` and ``new`` are column names or ``sa.Column`` objects; online the
+table is reflected for the types, offline (``--sql``) the columns' types are
+needed on PostgreSQL (the trigger's helper functions are typed), so
+autogenerate writes ``sa.Column`` objects. On PostgreSQL every statement runs
+with a short ``lock_timeout`` and bounded retries (``CREATE TRIGGER`` takes a
+lock that blocks writes while it waits).
+
+``context.configure(fourstep_sync_triggers=False)`` in ``env.py`` opts out:
+autogenerate writes no such operation and an existing one does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from alembic.operations import MigrateOperation, Operations
+from sqlalchemy import Column, MetaData, Table
+
+from ..ddl import run_ddl
+from ..errors import SyncTriggerError
+from ..triggers import SyncTriggers, from_table
+from .ops import lock_policy
+
+__all__ = ["CreateSyncTriggersOp", "DropSyncTriggersOp", "sync_triggers_enabled"]
+
+log = logging.getLogger("fourstep_sqla.alembic")
+
+
+def sync_triggers_enabled(operations_or_opts: Any) -> bool:
+    """``context.configure(fourstep_sync_triggers=...)``, default True."""
+    opts: Any = operations_or_opts
+    if not isinstance(opts, Mapping):
+        opts = getattr(operations_or_opts, "opts", None)
+        if opts is None:
+            opts = operations_or_opts.get_context().opts
+    return bool(opts.get("fourstep_sync_triggers", True))
+
+
+def _names(columns: Sequence[Column[Any] | str]) -> list[str]:
+    return [c if isinstance(c, str) else c.name for c in columns]
+
+
+@Operations.register_operation("create_sync_triggers")
+class CreateSyncTriggersOp(MigrateOperation):
+    """Create the sync triggers of one phased attribute."""
+
+    def __init__(
+        self,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        forward_sql: Mapping[str, str],
+        backward_sql: Mapping[str, str],
+        schema: str | None = None,
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.old, self.new = list(old), list(new)
+        self.forward_sql, self.backward_sql = dict(forward_sql), dict(backward_sql)
+
+    @classmethod
+    def create_sync_triggers(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        forward_sql: Mapping[str, str],
+        backward_sql: Mapping[str, str],
+        schema: str | None = None,
+    ) -> None:
+        """Create the sync triggers of ``key`` on ``table_name`` (see module docs)."""
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema))
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self.key, self.table_name, self.old, self.new, self.forward_sql,
+                self.backward_sql, self.schema)
+
+    def reverse(self) -> MigrateOperation:
+        return DropSyncTriggersOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_fourstep_sync_triggers", self.key, self.table_name)
+
+    def triggers(self, operations: Operations) -> SyncTriggers | None:
+        """The triggers, with the column types reflected (online) or given (offline);
+        None offline on SQLite, whose triggers need the table's primary key."""
+        context = operations.get_context()
+        if not context.as_sql:
+            conn = operations.get_bind()
+            table = Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+            return from_table(self.key, table, _names(self.old), _names(self.new),
+                              self.forward_sql, self.backward_sql)
+        untyped = [c for c in (*self.old, *self.new) if isinstance(c, str)]
+        if untyped and context.dialect.name == "postgresql":
+            raise SyncTriggerError(
+                f"{self.key}: offline (--sql) the sync triggers need the column types on "
+                f"PostgreSQL: pass old=[sa.Column(...)] and new=[sa.Column(...)] "
+                f"(autogenerate does) instead of the names {', '.join(map(str, untyped))}"
+            )
+        if context.dialect.name == "sqlite":
+            context.impl.static_output(
+                f"-- fourstep: the SQLite sync triggers of {self.key} are created and "
+                f"dropped online only (they look up the table's primary key)"
+            )
+            return None
+        return SyncTriggers(
+            key=self.key,
+            table_name=self.table_name,
+            schema=self.schema,
+            old=tuple(c if isinstance(c, Column) else Column(c) for c in self.old),
+            new=tuple(c if isinstance(c, Column) else Column(c) for c in self.new),
+            forward_sql=self.forward_sql,
+            backward_sql=self.backward_sql,
+        )
+
+
+@Operations.register_operation("drop_sync_triggers")
+class DropSyncTriggersOp(CreateSyncTriggersOp):
+    """Drop the sync triggers of one phased attribute (those that exist)."""
+
+    @classmethod
+    def drop_sync_triggers(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        forward_sql: Mapping[str, str],
+        backward_sql: Mapping[str, str],
+        schema: str | None = None,
+    ) -> None:
+        """Drop the sync triggers of ``key`` on ``table_name``."""
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema))
+
+    def reverse(self) -> MigrateOperation:
+        return CreateSyncTriggersOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("remove_fourstep_sync_triggers", self.key, self.table_name)
+
+
+def run_statements(operations: Operations, key: str, what: str, statements: list[str]) -> None:
+    """Run trigger DDL: lock-safely online, as script text offline."""
+    context = operations.get_context()
+    if context.as_sql:
+        mysql = context.dialect.name in ("mysql", "mariadb")
+        if mysql:  # trigger bodies hold ';': the mysql client needs another delimiter
+            context.impl.static_output("DELIMITER //")
+        for statement in statements:
+            if mysql:
+                context.impl.static_output(f"{statement} //")
+            else:
+                context.impl.static_output(f"{statement};")
+        if mysql:
+            context.impl.static_output("DELIMITER ;")
+        return
+    conn = operations.get_bind()
+
+    def go() -> None:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+    run_ddl(conn, f"{key}: {what}", go, lock_policy(operations))
+
+
+@Operations.implementation_for(CreateSyncTriggersOp)
+def _create_sync_triggers(operations: Operations, operation: CreateSyncTriggersOp) -> None:
+    if not sync_triggers_enabled(operations):
+        log.info("%s: sync triggers opted out (fourstep_sync_triggers=False)", operation.key)
+        return
+    triggers = operation.triggers(operations)
+    if triggers is not None:
+        run_statements(operations, operation.key, "create sync triggers",
+                       triggers.create(operations.get_context().dialect))
+
+
+@Operations.implementation_for(DropSyncTriggersOp)
+def _drop_sync_triggers(operations: Operations, operation: DropSyncTriggersOp) -> None:
+    triggers = operation.triggers(operations)
+    if triggers is not None:
+        run_statements(operations, operation.key, "drop sync triggers",
+                       triggers.drop(operations.get_context().dialect))

@@ -1,0 +1,405 @@
+"""Sync triggers through real Alembic revisions, as autogenerate writes them.
+
+A real environment (``env.py`` loading a models module at the phase under
+test), ``alembic revision --autogenerate`` and ``alembic upgrade``/``downgrade``
+through the command API, on SQLite and PostgreSQL:
+
+- step 1 writes ``op.create_sync_triggers`` after the new columns (and
+  nothing more once they exist); from then on raw SQL writers of either side
+  are kept in step;
+- the step-4 window: code at step 4 updates rows through the new place only,
+  the drop still succeeds, and removes the triggers with the column; the
+  downgrade restores every old value and the triggers;
+- the drop gate refuses lossy rows (unless ``accept_lossy=True``) and rows
+  written past the triggers (naming ``--repair``, which fixes them);
+- ``context.configure(fourstep_sync_triggers=False)`` opts out;
+- ``fourstep revision --step 1`` (``write_revision``) writes the same step-1
+  operations.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.orm import Session
+
+import fourstep_sqla.alembic  # noqa: F401
+from fourstep_sqla import backfill, verify
+from fourstep_sqla.alembic.ops import DropRefusedError
+from fourstep_sqla.registry import get
+from fourstep_sqla.triggers import triggers_present
+
+TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
+
+ENV_PY = '''
+import importlib
+import sys
+
+from alembic import context
+from sqlalchemy import create_engine
+
+import fourstep_sqla.alembic  # noqa: F401
+
+config = context.config
+sys.path.insert(0, config.get_main_option("models_path"))
+models = importlib.import_module(config.attributes["models"])
+engine = create_engine(config.get_main_option("sqlalchemy.url"))
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=models.Base.metadata,
+        transaction_per_migration=True,
+        fourstep_sync_triggers=config.attributes.get("sync_triggers", True),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+'''
+
+MODELS = '''
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, Unmapped, mapped_column, unmapped_column
+
+from fourstep_sqla import Phase, Transform, phased
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Person(Base):
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    {old}
+    first_name: Mapped[str | None] = mapped_column(String(40))
+    last_name: Mapped[str | None] = mapped_column(String(40))
+    full_name = phased(
+        old="legacy_name",
+        new=("first_name", "last_name"),
+        forward=Transform.split(" "),
+        backward=Transform.join(" "),
+        phase=Phase.{phase},
+    )
+'''
+
+MAPPED = 'legacy_name: Mapped[str | None] = mapped_column("name", String(80))'
+UNMAPPED = 'legacy_name: Unmapped[str | None] = unmapped_column("name", String(80))'
+KEY = "people.full_name"
+
+
+class Project:
+    """An Alembic project in ``tmp_path`` whose models move through the phases."""
+
+    def __init__(self, tmp_path: Path, engine: Engine, *, sync_triggers: bool = True) -> None:
+        self.engine = engine
+        self.dir = tmp_path / "migrations"
+        (self.dir / "versions").mkdir(parents=True)
+        (self.dir / "env.py").write_text(ENV_PY)
+        shutil.copy(TEMPLATE, self.dir / "script.py.mako")
+        self.models_dir = tmp_path / "models"
+        self.models_dir.mkdir()
+        url = engine.url
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+            url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        self.config = Config()
+        self.config.set_main_option("script_location", str(self.dir))
+        self.config.set_main_option(
+            "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+        )
+        self.config.set_main_option("models_path", str(self.models_dir))
+        self.config.attributes["sync_triggers"] = sync_triggers
+        self.count = 0
+        self.token = secrets.token_hex(4)
+        self.module: Any = None
+        with engine.begin() as conn:
+            conn.execute(text(
+                "CREATE TABLE people (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(80) NOT NULL)"
+            ))
+            conn.execute(text(
+                "INSERT INTO people (id, name) VALUES "
+                "(1, 'Ada Lovelace'), (2, 'Cher'), (3, 'Alan Mathison Turing')"
+            ))
+
+    def models(self, phase: str, old: str = MAPPED) -> Any:
+        import importlib
+        import sys
+
+        self.count += 1
+        name = f"trg_models_{self.token}_{self.count}"
+        (self.models_dir / f"{name}.py").write_text(MODELS.format(phase=phase, old=old))
+        self.config.attributes["models"] = name
+        if str(self.models_dir) not in sys.path:
+            sys.path.insert(0, str(self.models_dir))
+        self.module = importlib.import_module(name)
+        return self.module
+
+    def autogenerate(self, apply: bool = True) -> tuple[str, str]:
+        """Autogenerate a revision and apply it (or, ``apply=False``, remove it again);
+        its ``upgrade()`` and ``downgrade()``."""
+        script = command.revision(
+            self.config, message=f"step {self.count}", autogenerate=True,
+            rev_id=f"r{self.count:02d}_{secrets.token_hex(2)}",
+        )
+        assert script is not None and not isinstance(script, list)
+        self.last = Path(script.path)
+        self.head = script.revision
+        body = self.last.read_text()
+        if apply:
+            command.upgrade(self.config, "head")
+        else:
+            self.last.unlink()
+        up = body.split("def upgrade() -> None:")[1].split("def downgrade")[0]
+        down = body.split("def downgrade() -> None:")[1]
+        return up, down
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        present = {c["name"] for c in inspect(self.engine).get_columns("people")}
+        columns = [c for c in ("id", "name", "first_name", "last_name") if c in present]
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                text(f"SELECT {', '.join(columns)} FROM people ORDER BY id")
+            )]
+
+    def run(self, sql: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(sql))
+
+    def synced(self) -> bool:
+        with self.engine.connect() as conn:
+            return triggers_present(conn, KEY, "people", None)
+
+    def past_triggers(self, sql: str) -> None:
+        """Write past the triggers, as a replication apply would."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            else:
+                conn.execute(text("INSERT INTO fourstep_sync_off (key) VALUES (:k)"), {"k": KEY})
+            conn.execute(text(sql))
+            if conn.dialect.name == "sqlite":
+                conn.execute(text("DELETE FROM fourstep_sync_off WHERE key = :k"), {"k": KEY})
+
+
+SQLITE_STEP1 = '''\
+    op.create_sync_triggers(
+        'people.full_name',
+        'people',
+        old=[sa.Column('name', sa.String(length=80), nullable=True)],
+        new=[sa.Column('first_name', sa.String(length=40), nullable=True), \
+sa.Column('last_name', sa.String(length=40), nullable=True)],
+'''
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+class TestLifecycle:
+    def test_triggers_from_step_1_to_the_drop_and_back(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        project = Project(tmp_path, engine)
+
+        # step 1: the new columns, then the triggers, in one revision
+        project.models("WRITE_BOTH")
+        up, down = project.autogenerate()
+        assert up.index("op.add_column('people', sa.Column('last_name'") < up.index(
+            "op.create_sync_triggers("
+        )
+        assert up.index("op.relax_old_not_null(") < up.index("op.create_sync_triggers(")
+        if engine.dialect.name == "sqlite":
+            assert SQLITE_STEP1 in up
+        assert "forward_sql={'first_name': \"nullif(" in up
+        assert "backward_sql={'name': \"CASE WHEN (first_name IS NULL)" in up
+        assert down.index("op.drop_sync_triggers(") < down.index("op.drop_column(")
+        assert project.synced()
+        assert project.autogenerate(apply=False)[0].count("op.") == 0  # nothing left
+
+        # writers outside the ORM, at step 1: the previous release (old only) and
+        # a new service (new only)
+        project.run("INSERT INTO people (id, name) VALUES (4, 'Grace Hopper')")
+        project.run("UPDATE people SET name = 'Ada King' WHERE id = 1")
+        project.run("INSERT INTO people (id, first_name, last_name) VALUES (5, 'Edsger', 'D')")
+        project.run("INSERT INTO people (id, name) VALUES (6, '')")
+        assert project.rows() == [
+            (1, "Ada King", "Ada", "King"),
+            (2, "Cher", None, None),
+            (3, "Alan Mathison Turing", None, None),
+            (4, "Grace Hopper", "Grace", "Hopper"),
+            (5, "Edsger D", "Edsger", "D"),
+            (6, "", None, None),
+        ]
+
+        # step 3: the backfill fills the rest; '' stays '' (the old place untouched)
+        project.models("READ_NEW")
+        project.models("STOP_READ_OLD")
+        up, _ = project.autogenerate()
+        assert up.count("op.backfill(") == 1
+        assert project.rows()[1:3] == [
+            (2, "Cher", "Cher", None),
+            (3, "Alan Mathison Turing", "Alan", "Mathison Turing"),
+        ]
+        assert project.rows()[5] == (6, "", None, None)
+
+        # step 4 code is deployed: it updates rows through the new place only
+        step4 = project.models("STOP_WRITE_OLD", old=UNMAPPED)
+        with Session(engine) as session:
+            person = session.get(step4.Person, 3)
+            person.full_name = ("Alan", "Turing")
+            session.add(step4.Person(id=7, full_name=("Barbara", "Liskov")))
+            session.commit()
+        result = verify(engine, get(KEY), record=False)
+        assert result.synced and result.ok, result
+        assert project.rows()[2] == (3, "Alan Turing", "Alan", "Turing")
+        assert project.rows()[6] == (7, "Barbara Liskov", "Barbara", "Liskov")
+
+        # the drop: refused for the lossy '' row until it is fixed
+        with pytest.raises(DropRefusedError) as refused:
+            project.autogenerate()
+        message = str(refused.value)
+        assert "1 row(s) hold an old value that backward(forward(old)) does not give back" in (
+            message
+        )
+        assert "(6,)" in message and "accept_lossy=True" in message
+        assert "name" in {c["name"] for c in inspect(engine).get_columns("people")}
+        project.last.unlink()  # nothing of it was applied: write it again after the fix
+        project.run("UPDATE people SET name = 'Zed' WHERE id = 6")
+        up, down = project.autogenerate()
+        assert "sync_triggers=True" in up and "sync_triggers=True" in down
+        assert project.rows() == [
+            (1, "Ada", "King"),
+            (2, "Cher", None),
+            (3, "Alan", "Turing"),
+            (4, "Grace", "Hopper"),
+            (5, "Edsger", "D"),
+            (6, "Zed", None),
+            (7, "Barbara", "Liskov"),
+        ]
+        assert not project.synced()
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                left = conn.execute(text(
+                    "SELECT count(*) FROM pg_proc WHERE proname LIKE 'fs\\_people\\_%'"
+                )).scalar_one()
+            assert left == 0
+
+        # downgrade past the drop: every old value back, the triggers too
+        command.downgrade(project.config, "-1")
+        assert project.synced()
+        assert project.rows() == [
+            (1, "Ada King", "Ada", "King"),
+            (2, "Cher", "Cher", None),
+            (3, "Alan Turing", "Alan", "Turing"),
+            (4, "Grace Hopper", "Grace", "Hopper"),
+            (5, "Edsger D", "Edsger", "D"),
+            (6, "Zed", "Zed", None),
+            (7, "Barbara Liskov", "Barbara", "Liskov"),
+        ]
+        project.run("UPDATE people SET first_name = 'Augusta' WHERE id = 1")
+        assert project.rows()[0] == (1, "Augusta King", "Augusta", "King")
+        command.downgrade(project.config, "base")
+        assert project.rows()[0] == (1, "Augusta King")
+        assert not project.synced()
+
+    def test_a_write_past_the_triggers_is_refused_and_repaired(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        project = Project(tmp_path, engine)
+        project.models("WRITE_BOTH")
+        project.autogenerate()
+        project.models("STOP_READ_OLD")
+        project.autogenerate()
+        project.past_triggers("UPDATE people SET name = 'Ada King' WHERE id = 1")
+        project.models("STOP_WRITE_OLD", old=UNMAPPED)
+        with pytest.raises(DropRefusedError) as refused:
+            project.autogenerate()
+        message = str(refused.value)
+        assert "1 row(s) differ from forward(old)" in message and "(1,)" in message
+        assert f"fourstep backfill {KEY} --repair" in message
+
+        report = backfill(engine, get(KEY), repair=True)
+        assert report.rows_updated == 1
+        command.upgrade(project.config, "head")
+        assert project.rows()[0] == (1, "Ada", "King")
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_accept_lossy(engine: Engine, tmp_path: Path) -> None:
+    project = Project(tmp_path, engine)
+    project.run("UPDATE people SET name = 'Cher ' WHERE id = 2")
+    project.models("WRITE_BOTH")
+    project.autogenerate()
+    project.models("STOP_READ_OLD")
+    project.autogenerate()
+    project.models("STOP_WRITE_OLD", old=UNMAPPED)
+    script = command.revision(project.config, message="drop", autogenerate=True, rev_id="drop")
+    assert script is not None and not isinstance(script, list)
+    path = Path(script.path)
+    flag = "        sync_triggers=True,\n"
+    path.write_text(path.read_text().replace(flag, flag + "        accept_lossy=True,\n", 1))
+    command.upgrade(project.config, "head")
+    assert project.rows()[1] == (2, "Cher", None)
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_opting_out(engine: Engine, tmp_path: Path) -> None:
+    project = Project(tmp_path, engine, sync_triggers=False)
+    project.models("WRITE_BOTH")
+    up, _ = project.autogenerate()
+    assert "create_sync_triggers" not in up
+    assert not project.synced()
+    # a revision that has the operation (written elsewhere) does nothing here
+    (project.dir / "versions" / "explicit.py").write_text(textwrap.dedent(f'''\
+        import sqlalchemy as sa
+        from alembic import op
+        import fourstep_sqla.alembic  # noqa: F401
+
+        revision = "explicit"
+        down_revision = "{project.head}"
+        branch_labels = None
+        depends_on = None
+
+
+        def upgrade():
+            op.create_sync_triggers(
+                "{KEY}", "people", old=["name"], new=["first_name", "last_name"],
+                forward_sql={{"first_name": "name", "last_name": "name"}},
+                backward_sql={{"name": "first_name"}},
+            )
+
+
+        def downgrade():
+            pass
+    '''))
+    command.upgrade(project.config, "head")
+    assert not project.synced()
+    project.run("INSERT INTO people (id, name) VALUES (4, 'Grace Hopper')")
+    assert project.rows()[3] == (4, "Grace Hopper", None, None)
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_fourstep_revision_step_1_writes_what_autogenerate_writes(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from fourstep_sqla.alembic.revision import write_revision
+
+    project = Project(tmp_path, engine)
+    module = project.models("WRITE_BOTH")
+    auto, _ = project.autogenerate(apply=False)
+    for path in (project.dir / "versions").glob("*.py"):
+        path.unlink()
+    path = write_revision(project.config, module.Person.full_name.spec, 1, "step 1")
+    written = Path(path).read_text().split("def upgrade() -> None:")[1].split("def downgrade")[0]
+    for op in ("op.add_column('people', sa.Column('first_name'", "op.relax_old_not_null(",
+               "op.create_sync_triggers(", "op.record_phase("):
+        assert op in written, op
+    assert written.split("op.create_sync_triggers(")[1].split(")\n")[0] == auto.split(
+        "op.create_sync_triggers(")[1].split(")\n")[0]
+    command.upgrade(project.config, "head")
+    assert project.synced()
