@@ -38,6 +38,68 @@ keyword arguments, ``session.merge``, ``update(Model).values(attr=...)``,
 lists of dictionaries, and direct writes to an old or new column attribute of
 an instance (kept in sync at flush time, see :mod:`fourstep_sqla.sync`).
 
+Comparisons and NULL
+--------------------
+A filter comparing the attribute with values selects exactly the rows whose
+instance value, read at the same phase, passes the same test in Python, NULL
+included. With several new columns the value is None when every new column is
+NULL (at steps 1-2, when ``forward(old)`` is), a tuple otherwise, whose parts
+may be None::
+
+    User.full_name == ("Ada", None)         # first_name = 'Ada' AND last_name IS NULL
+    User.full_name == None                  # the value is None (all new columns NULL)
+    User.full_name != ("Ada", "Lovelace")   # also the ("Ada", None) and the None rows
+
+- ``==``, ``filter_by()``, ``in_()`` and ``is_(None)`` match the rows whose
+  value equals (is in the list, is) the value(s); a None part matches a NULL
+  column. They stay index-friendly: ``new = :v`` at steps 3-4 and
+  ``new = :v OR (new IS NULL AND forward(old) = :v)`` at step 2 (see
+  :func:`forward_index`); a None in an ``in_()`` list adds an ``IS NULL`` test.
+- ``!=``, ``not_in()``, ``is_not(None)`` and the negation (``~``, ``not_()``)
+  of the comparisons above match every other row: a value that is NULL,
+  wholly or in part, differs from every value that is not. They use
+  ``IS DISTINCT FROM`` (SQLite ``IS NOT``, MySQL ``<=>``) and are not
+  index-friendly, as ``!=`` rarely is.
+
+This holds for a one-column attribute too, although a plain column's
+``col != 'x'`` follows SQL's three-valued logic and leaves NULL rows out: the
+attribute promises the answer ``obj.attr != 'x'`` gives in Python, and at step
+2 a NULL in the new place means "read the old one", so three-valued logic would
+make a row vanish from ``==`` and ``!=`` alike. ``==`` keeps the plain SQL
+shape (NULL is not equal to a value either way), so no index is lost.
+
+Comparisons with SQL expressions (another column, a subquery) and the ordering
+operators on a one-column attribute (``<``, ``like()``...) follow SQL: the
+values are not known when the query is built, and Python has no order with
+None. ``~`` applies to the comparison it is given: ``~(User.full_name == v)``
+is NULL-safe, ``~and_(User.full_name == v, ...)`` negates the conjunction by
+SQL's rules.
+
+New columns stay nullable, without defaults, until step 4
+---------------------------------------------------------
+Until the backfill, "every new column NULL" is how a row says it was never
+written in the new shape: step-2 reads fall back to ``forward(old)`` for it
+and the backfill fills it. At steps 1-3 a new column that fills itself is
+refused when the model is mapped, with
+:class:`~fourstep_sqla.errors.NewColumnDefaultError`:
+
+- NOT NULL (``Mapped[str]`` without ``| None`` included): rows written before
+  step 1, or by the previous release, hold NULL there;
+- a ``server_default`` other than NULL (``text("NULL")`` and ``null()`` are
+  accepted; ``server_default="NULL"`` is the quoted text ``'NULL'``), and
+  ``Computed``, ``Identity`` or ``FetchedValue``: step-2 reads would return the
+  default instead of the old value, and the backfill would skip the row;
+- a ``server_onupdate``, or a Python ``onupdate=``: updating any column of a
+  row not backfilled yet would write it;
+- a Python ``default=`` (``insert_default=``): the ORM leaves a None out of an
+  INSERT and applies the default instead, so ``User(full_name=("Cher", None))``
+  would store the default as the last name.
+
+Primary-key columns are never what a move moves and are not checked. At step 4
+the backfill is done and the old place is neither read nor written, so the
+new columns may be tightened then (NOT NULL, defaults), in the step-4
+migration or a later one.
+
 The attribute is a :class:`sqlalchemy.ext.hybrid.hybrid_property`, so it is
 listed by ``inspect(User).all_orm_descriptors`` and type checkers see
 ``select(User.full_name)`` with the value type of the forward transform.
@@ -46,12 +108,13 @@ listed by ``inspect(User).all_orm_descriptors`` and type checkers see
 from __future__ import annotations
 
 import dataclasses
+import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import and_, event, literal, or_, type_coerce
+from sqlalchemy import and_, event, false, literal, or_, type_coerce
 from sqlalchemy import func as sql_func
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import Comparator, hybrid_property
@@ -60,13 +123,14 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.properties import UnmappedColumn
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ClauseElement, ClauseList, ColumnElement
-from sqlalchemy.sql.schema import Column, Index, Table
+from sqlalchemy.sql.elements import ClauseElement, ClauseList, ColumnElement, Null, TextClause
+from sqlalchemy.sql.schema import Column, DefaultClause, FetchedValue, Index, Table
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Boolean
 
 from .errors import (
     DeclarationError,
+    NewColumnDefaultError,
     OldColumnNotNullError,
     OldColumnStillMappedError,
     SQLTransformRequiredError,
@@ -119,6 +183,33 @@ def write_column(obj: Any, name: str, value: Any) -> None:
 def is_sql(value: Any) -> bool:
     """Whether ``value`` is a SQL expression rather than a literal."""
     return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
+_NULL_DEFAULT = re.compile(r"\(*\s*null\s*\)*\s*(::.*)?", re.IGNORECASE | re.DOTALL)
+
+
+def _is_null_default(default: FetchedValue) -> bool:
+    """Whether a server default says NULL (``text("NULL")``, ``null()``, ``NULL::text``).
+
+    A plain string is a quoted literal: ``server_default="NULL"`` is the text 'NULL'.
+    """
+    if type(default) is not DefaultClause:  # Computed, Identity, FetchedValue: a value
+        return False
+    arg = default.arg
+    if isinstance(arg, Null):
+        return True
+    return isinstance(arg, TextClause) and _NULL_DEFAULT.fullmatch(arg.text.strip()) is not None
+
+
+def _describe_default(default: FetchedValue) -> str:
+    if type(default) is DefaultClause:
+        arg = default.arg
+        if isinstance(arg, str):
+            return repr(arg)
+        if isinstance(arg, TextClause):
+            return f"text({arg.text!r})"
+        return str(arg)
+    return f"{type(default).__name__}() (the database fills it)"
 
 
 def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -310,6 +401,11 @@ class PhasedSpec:
         else:
             self.old_columns = tuple(self._retired_column(mapper, n) for n in self.old)
         self._check_arity()
+        if self.phase.writes_old:
+            # at step 4 the backfill is done and the old place is neither read nor
+            # written: the new columns may be tightened (NOT NULL, defaults) then
+            for name, column in zip(self.new, self.new_columns):
+                self._check_new_column(mapper, name, column)
 
     def _mapped_names(self, mapper: Mapper[Any]) -> str:
         names = [
@@ -373,6 +469,58 @@ class PhasedSpec:
                 f"or give it a server_default."
             )
         return column
+
+    def _check_new_column(self, mapper: Mapper[Any], name: str, column: Column[Any]) -> None:
+        """Refuse a new column that the database or the ORM fills by itself.
+
+        Until the backfill, "every new column NULL" is how a row says it was
+        never written in the new shape: step-2 reads fall back to the old place
+        for it and the backfill fills it. A value put there by a default would
+        be read instead of the old one, and the backfill would skip the row.
+        """
+        if column.primary_key:
+            return  # the key is never what a move moves
+        problems: list[str] = []
+        if not column.nullable:
+            problems.append(
+                "is NOT NULL (an annotation Mapped[X] without `| None` makes it so), but a "
+                "row not written in the new shape yet (before step 1, or by the previous "
+                "release) must hold NULL there"
+            )
+        if column.server_default is not None and not _is_null_default(column.server_default):
+            problems.append(
+                f"has server_default {_describe_default(column.server_default)}: rows that do "
+                f"not write it (old-only writers, and the ORM when a part is None) get that "
+                f"instead of NULL, so step-2 reads return it rather than the old value"
+            )
+        if column.server_onupdate is not None:
+            problems.append(
+                f"has server_onupdate {_describe_default(column.server_onupdate)}: the "
+                f"database writes it on UPDATE of a row not backfilled yet"
+            )
+        if column.default is not None:
+            problems.append(
+                "has a Python default= (insert_default=): the ORM leaves a None out of an "
+                "INSERT and applies the default instead, so assigning a value with a None "
+                "part, or not assigning it, stores the default"
+            )
+        if column.onupdate is not None:
+            problems.append(
+                "has onupdate=: the ORM writes it on every UPDATE of the row, including "
+                "rows not backfilled yet"
+            )
+        if not problems:
+            return
+        model = mapper.class_.__name__
+        table = mapper.local_table.description
+        raise NewColumnDefaultError(
+            f"{self.describe()} is at Phase.{self.phase.name}, but its new column "
+            f"{table}.{column.name} ({model}.{name}) " + "; it ".join(problems) + ". "
+            f"Until the backfill has run, all new columns NULL is how a row says it was "
+            f"never written in the new shape. Declare it nullable with no server_default, "
+            f"default= or onupdate= (`{name}: Mapped[... | None] = mapped_column()`) until "
+            f"step 4 (Phase.STOP_WRITE_OLD), then tighten it in a later migration."
+        )
 
     def _check_arity(self) -> None:
         for label, transform, count, source in (
@@ -656,6 +804,19 @@ def _all_null_sqlite(element: _all_null, compiler: SQLCompiler, **kw: Any) -> st
     return compiler.process(sql_func.coalesce(*element.columns).is_(None), **kw)
 
 
+def _negatable(positive: ColumnElement[bool], negative: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``positive``, whose negation (``~positive``, ``not_(positive)``) is ``negative``.
+
+    The generic ``NOT (...)`` of a comparison that is NULL for some row is NULL
+    too, and drops the very rows the negation should keep. ``negation_clause``
+    is SQLAlchemy's own hook for a hand-built negation (the ORM uses it for
+    ``relationship.contains()``); both sides are freshly built, never shared.
+    """
+    positive.negation_clause = negative
+    negative.negation_clause = positive
+    return positive
+
+
 class PhasedComparator(Comparator[Any]):
     """Class-level behaviour of a phased attribute at one read phase."""
 
@@ -708,12 +869,15 @@ class PhasedComparator(Comparator[Any]):
         return bundle.__clause_element__()  # type: ignore[no-untyped-call]
 
     # -- comparisons --------------------------------------------------------
-    def _equal(self, other: Any) -> ColumnElement[bool]:
-        values = self.spec.unshape(other)
+    # A comparison with values is a pair: the index-friendly test (``==``,
+    # ``in_()``) and its NULL-safe negation (``!=``, ``not_in()``, ``~``), so
+    # that both agree with instance reads (see "Comparisons and NULL" above).
+    def _matches(self, values: tuple[Any, ...]) -> ColumnElement[bool]:
+        """Rows whose value at this phase is ``values`` (new column values)."""
         if self.phase is not Phase.READ_NEW:
+            # ``c == None`` renders ``c IS NULL``: a None part matches a NULL part
             return and_(*(c == v for c, v in zip(self.value_columns(), values)))
-        # index-friendly and NULL-correct (so ~(attr == v) is right too):
-        #   (new IS NOT NULL AND new = :v) OR (new IS NULL AND forward(old) = :v)
+        # index-friendly: (new IS NOT NULL AND new = :v) OR (new IS NULL AND forward(old) = :v)
         new, fwd = self._parts()
         fallback = and_(_all_null(*new), *(f == v for f, v in zip(fwd, values)))
         if all(v is None for v in values):
@@ -722,32 +886,95 @@ class PhasedComparator(Comparator[Any]):
         new_match = and_(written, *(c == v for c, v in zip(new, values)))
         return or_(new_match, fallback)
 
+    def _differs(self, values: tuple[Any, ...]) -> ColumnElement[bool]:
+        """Rows whose value at this phase is not ``values``, NULL parts included.
+
+        ``NOT (a = :x AND b = :y)`` is NULL, not true, when ``b`` is NULL, and
+        would drop the row; ``IS DISTINCT FROM`` per part never is NULL. It is
+        not sargable, which ``!=`` rarely is anyway.
+        """
+        return or_(
+            *(
+                c.is_not(None) if v is None else c.is_distinct_from(v)
+                for c, v in zip(self.value_columns(), values)
+            )
+        )
+
+    def _equal(self, other: Any) -> ColumnElement[bool]:
+        values = self.spec.unshape(other)
+        return _negatable(self._matches(values), self._differs(values))
+
     def _in(self, other: Any) -> ColumnElement[bool]:
-        if is_sql(other) or self.spec.multi_new:
+        if is_sql(other):
             if self.spec.multi_new:
-                return or_(*(self._equal(v) for v in other))
+                raise TransformError(
+                    f"{self.spec.describe()} spans {len(self.spec.new)} columns: in_() "
+                    f"compares it with a list of values, not with a SQL expression "
+                    f"({type(other).__name__}); compare the columns "
+                    f"({', '.join(self.spec.new)}) with a subquery instead"
+                )
+            # a subquery: SQL's rules, as the values are not known here
             return self.value_columns()[0].in_(other)
         values = list(other)
+        if not values:
+            return false()  # whose negation, true(), keeps every row
+        if self.spec.multi_new:
+            shaped = [self.spec.unshape(v) for v in values]
+            return _negatable(
+                or_(*(self._matches(v) for v in shaped)),
+                and_(*(self._differs(v) for v in shaped)),
+            )
+        listed = [v for v in values if v is not None]
+        with_none = len(listed) < len(values)
+        (value,) = self.value_columns()
+        # NOT IN never holds for a NULL value: test it apart, both ways
+        if with_none:
+            outside: ColumnElement[bool] = value.is_not(None)
+            if listed:
+                outside = and_(outside, value.not_in(listed))
+        else:
+            outside = or_(value.is_(None), value.not_in(listed))
+        return _negatable(self._in_listed(listed, with_none), outside)
+
+    def _in_listed(self, listed: list[Any], with_none: bool) -> ColumnElement[bool]:
+        """``value IN (listed)``, or NULL when ``with_none``; index-friendly at step 2."""
+        terms: list[ColumnElement[bool]] = []
         if self.phase is not Phase.READ_NEW:
-            return self.value_columns()[0].in_(values)
+            (value,) = self.value_columns()
+            if listed:
+                terms.append(value.in_(listed))
+            if with_none:
+                terms.append(value.is_(None))
+            return or_(*terms)
         (new,), (fwd,) = self._parts()
-        return or_(and_(new.isnot(None), new.in_(values)), and_(new.is_(None), fwd.in_(values)))
+        if listed:
+            terms.append(and_(new.isnot(None), new.in_(listed)))
+            terms.append(and_(new.is_(None), fwd.in_(listed)))
+        if with_none:
+            terms.append(and_(new.is_(None), fwd.is_(None)))
+        return or_(*terms)
 
     def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> ColumnElement[Any]:
-        if op is operators.eq and len(other) == 1 and not is_sql(other[0]):
-            return self._equal(other[0])
-        if op is operators.in_op and len(other) == 1:
-            return self._in(other[0])
+        if len(other) == 1:
+            (value,) = other
+            if op is operators.in_op:
+                return self._in(value)
+            if op is operators.not_in_op:
+                return ~self._in(value)
+            if not is_sql(value):
+                if op is operators.eq or (op is operators.is_ and value is None):
+                    return self._equal(value)
+                if op is operators.ne or (op is operators.is_not and value is None):
+                    return ~self._equal(value)
         if self.spec.multi_new:
-            if op is operators.ne and len(other) == 1:
-                return ~self._equal(other[0])
             if op in _ORDERING_OPS and not other:
                 # ORDER BY attr.desc(): the modifier applies to each column
                 return ClauseList(*(op(c) for c in self.value_columns()))  # type: ignore[return-value]
             raise TransformError(
                 f"{self.spec.describe()} spans {len(self.spec.new)} columns "
-                f"({', '.join(self.spec.new)}): only ==, != and in_() compare it as a whole; "
-                f"use the columns for other operators"
+                f"({', '.join(self.spec.new)}): only ==, !=, in_(), not_in(), is_(None) "
+                f"and is_not(None) against values compare it as a whole; use the columns "
+                f"for other operators and to compare with SQL expressions"
             )
         return op(self.value_columns()[0], *other, **kwargs)  # type: ignore[no-any-return]
 
