@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
@@ -131,6 +132,7 @@ from sqlalchemy.types import Boolean
 from .errors import (
     DeclarationError,
     NewColumnDefaultError,
+    NoSyncTriggersWarning,
     OldColumnNotNullError,
     OldColumnStillMappedError,
     SQLTransformRequiredError,
@@ -210,6 +212,26 @@ def _describe_default(default: FetchedValue) -> str:
             return f"text({arg.text!r})"
         return str(arg)
     return f"{type(default).__name__}() (the database fills it)"
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this library and SQLAlchemy:
+    the model declaration that mapping is working for."""
+    import os
+    import sys
+
+    import sqlalchemy
+
+    skip = (
+        os.path.dirname(os.path.abspath(__file__)) + os.sep,
+        os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
+    )
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -401,6 +423,7 @@ class PhasedSpec:
         else:
             self.old_columns = tuple(self._retired_column(mapper, n) for n in self.old)
         self._check_arity()
+        self._warn_without_sql()
         if self.phase.writes_old:
             # at step 4 the backfill is done and the old place is neither read nor
             # written: the new columns may be tightened (NOT NULL, defaults) then
@@ -520,6 +543,28 @@ class PhasedSpec:
             f"never written in the new shape. Declare it nullable with no server_default, "
             f"default= or onupdate= (`{name}: Mapped[... | None] = mapped_column()`) until "
             f"step 4 (Phase.STOP_WRITE_OLD), then tighten it in a later migration."
+        )
+
+    def _warn_without_sql(self) -> None:
+        """Say so when no database triggers can keep the two places in step."""
+        lacking = [
+            f"{label} transform {t.name!r}"
+            for label, t in (("forward", self.forward), ("backward", self.backward))
+            if not t.has_sql
+        ]
+        if not lacking:
+            return
+        warnings.warn(
+            f"{self.describe()}: the {' and the '.join(lacking)} ha"
+            f"{'ve' if len(lacking) > 1 else 's'} no SQL form, so no database triggers keep "
+            f"{', '.join(self.old)} and {', '.join(self.new)} in step for writers outside "
+            f"this ORM model (the previous release during a rollout, raw SQL, Core "
+            f"statements, other services): their writes of one place leave the other stale "
+            f"until `fourstep verify` finds them, and the drop gate compares in Python. "
+            f"Give the transform(s) sql=..., or, when every writer goes through this model, "
+            f"ignore fourstep_sqla.errors.NoSyncTriggersWarning.",
+            NoSyncTriggersWarning,
+            stacklevel=_caller_level(),
         )
 
     def _check_arity(self) -> None:

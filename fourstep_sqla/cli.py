@@ -113,6 +113,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ from .backfill import (
     backfill,
     pending_count,
 )
-from .errors import FourStepError
+from .errors import FourStepError, NoSyncTriggersWarning
 from .registry import all_specs, load_models
 from .state import AttributeState, read_state
 from .verify import VerifyResult, verify
@@ -473,9 +474,19 @@ def _load_specs(args: argparse.Namespace) -> list[PhasedSpec]:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        found = load_models(module)
+        with warnings.catch_warnings(record=True) as caught:
+            # declaring a Python-only transform warns in the application; here the
+            # status shows its mode, and -v the warning itself
+            warnings.simplefilter("always", NoSyncTriggersWarning)
+            found = load_models(module)
     except FourStepError as exc:
         raise UsageError(str(exc)) from None
+    for warning in caught:
+        if issubclass(warning.category, NoSyncTriggersWarning):
+            log.info("%s", warning.message)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
     registered = {spec.key: spec for spec in all_specs()}
     keys: list[str] = list(dict.fromkeys(args.keys))
     if not keys:

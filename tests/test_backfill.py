@@ -79,7 +79,11 @@ from fourstep_sqla.errors import FourStepError
 from fourstep_sqla.keys import NoPrimaryKeyError
 from fourstep_sqla.state import read_state
 
-pytestmark = pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning"),
+    # Python-only transforms are declared on purpose here (Python mode)
+    pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.NoSyncTriggersWarning"),
+]
 
 Key = tuple[Any, ...]
 Values = tuple[Any, ...]

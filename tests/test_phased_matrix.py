@@ -33,7 +33,11 @@ from sqlalchemy.orm import DeclarativeBase, Session, aliased
 from fourstep_sqla import Phase, read_phase
 from fourstep_sqla.errors import InconsistentWriteError, PhaseError
 
-pytestmark = pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning"),
+    # Python-only transforms are declared on purpose here (Python mode)
+    pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.NoSyncTriggersWarning"),
+]
 
 DUAL_WRITE = (Phase.WRITE_BOTH, Phase.READ_NEW, Phase.STOP_READ_OLD)
 PINNABLE = DUAL_WRITE

@@ -30,7 +30,11 @@ from fourstep_sqla.backfill import BackfillError, pending_count
 from fourstep_sqla.errors import TransformError
 from fourstep_sqla.state import read_state
 
-pytestmark = pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning"),
+    # Python-only transforms are declared on purpose here (Python mode)
+    pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.NoSyncTriggersWarning"),
+]
 
 by_mode = pytest.mark.parametrize("mode", ["sql", "python"])
 

@@ -379,3 +379,29 @@ class TestLifecycle:
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
             conn.exec_driver_sql("INSERT INTO trg_replica (id, name) VALUES (1, 'Ada Lovelace')")
         assert split_rows(engine, "trg_replica") == {1: ("Ada Lovelace", None, None)}
+
+
+def loud(value: str) -> str:
+    return value.upper()
+
+
+def test_a_python_only_transform_says_so_where_it_is_declared() -> None:
+    from fourstep_sqla.errors import NoSyncTriggersWarning
+
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.warns(NoSyncTriggersWarning) as caught:
+        type("Trg_trg_python", (Base,), {
+            "__tablename__": "trg_python",
+            "__module__": __name__,
+            "id": mapped_column(Integer, primary_key=True),
+            "name": mapped_column(String(20), nullable=True),
+            "shout": mapped_column(String(20), nullable=True),
+            "loud_name": phased(old="name", new="shout", forward=Transform(loud),
+                                backward=Transform.identity(), phase=Phase.WRITE_BOTH),
+        })
+    message = str(caught[0].message)
+    assert "Trg_trg_python.loud_name" in message and "'loud'" in message
+    assert "no SQL form" in message and "sql=" in message
+    assert caught[0].filename == __file__  # points at the declaration

@@ -28,7 +28,11 @@ from sqlalchemy.orm import DeclarativeBase, mapped_column
 from fourstep_sqla import Phase, Transform, VerifyResult, backfill, phased, verify
 from fourstep_sqla.state import read_state
 
-pytestmark = pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::fourstep_sqla.errors.FourStepWarning"),
+    # Python-only transforms are declared on purpose here (Python mode)
+    pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.NoSyncTriggersWarning"),
+]
 
 by_mode = pytest.mark.parametrize("mode", ["sql", "python"])
 
