@@ -36,11 +36,18 @@ Commands
                             nothing of that batch (default), or record the row
                             in ``fourstep_skipped`` and go on (exit 1 at the end)
     ``--dry-run``           count the pending rows; write nothing
+    ``--repair``            rewrite ``new = forward(old)`` in every row whose two
+                            places disagree (missing or mismatched, as ``verify``
+                            counts them), not only where the new place is empty:
+                            for rows written past the sync triggers, or before
+                            them. The old place wins. A run of its own, resumable.
     ``--lock-timeout-ms MS`` PostgreSQL lock_timeout per batch (capped below half
                             of the server's deadlock_timeout)
 ``verify``
-    Compare ``forward(old)`` with ``new`` for every row (read-only) and record
-    the result for ``status``. Options: ``--batch-size N`` (rows per scan
+    Sort every row by how its places relate (read-only; see
+    :mod:`fourstep_sqla.verify`): missing, mismatched (exit 1), lossy (the drop
+    refuses them unless told to accept the loss) and unstable (a warning), and
+    record the result for ``status``. Options: ``--batch-size N`` (rows per scan
     batch, default 50000), ``--sample-size N`` (keys of bad rows to show,
     default 10).
     ``status --check`` also runs the deploy-order guard (:func:`fourstep_sqla.check`)
@@ -80,8 +87,9 @@ On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
   rows_updated, batches, rows_pending_at_start, elapsed, rows_per_second,
   eta_seconds, batch_size, last_batch_ms;
 - ``done`` (backfill, one per attribute): key, mode, rows_updated, batches,
-  seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run;
-- ``verify``: key, ok, total, missing, mismatched, sample_keys, seconds, mode;
+  seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run, repair;
+- ``verify``: key, ok, total, missing, mismatched, sample_keys, lossy, lossy_keys,
+  unstable, unstable_keys, synced, seconds, mode, notes (what to do, one line each);
 - ``error``: key, error (a backfill or verification that failed).
 
 Primary keys are shown as JSON arrays, one item per key column.
@@ -345,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                     help="when the transform fails on a row (default stop)")
     bf.add_argument("--dry-run", action="store_true", help="count pending rows, write nothing")
+    bf.add_argument("--repair", action="store_true",
+                    help="rewrite new = forward(old) wherever the two places disagree")
     bf.add_argument("--lock-timeout-ms", type=_positive_float, default=None, metavar="MS",
                     help="PostgreSQL lock_timeout per batch")
 
@@ -752,6 +762,7 @@ def _report_done(out: _Output, report: BackfillReport) -> None:
             complete=report.complete,
             budget_exhausted=report.budget_exhausted,
             dry_run=report.dry_run,
+            repair=report.repair,
         )
         return
     if report.dry_run:
@@ -803,6 +814,7 @@ def _cmd_backfill(ctx: _Context) -> int:
                     on_error=args.on_error,
                     dry_run=args.dry_run,
                     lock_timeout_ms=args.lock_timeout_ms,
+                    repair=args.repair,
                     progress=progress,
                 )
         except (FourStepError, SQLAlchemyError) as exc:
@@ -827,6 +839,7 @@ def _cmd_verify(ctx: _Context) -> int:
     args, out = ctx.args, ctx.out
     code = EXIT_OK
     rows: list[list[str]] = []
+    notes: list[str] = []
     for spec in ctx.specs:
         try:
             with _verify_spinner(out, spec.key) as progress:
@@ -855,25 +868,67 @@ def _cmd_verify(ctx: _Context) -> int:
                 missing=result.missing,
                 mismatched=result.mismatched,
                 sample_keys=_keys_json(result.sample_keys),
+                lossy=result.lossy,
+                lossy_keys=_keys_json(result.lossy_keys),
+                unstable=result.unstable,
+                unstable_keys=_keys_json(result.unstable_keys),
+                synced=result.synced,
                 seconds=round(result.seconds, 3),
                 mode=result.mode,
+                notes=_verify_notes(result),
             )
             continue
         sample = ", ".join(json.dumps(list(k), default=_jsonable) for k in result.sample_keys)
         rows.append(
             [
                 result.key, "ok" if result.ok else "FAILED", _fmt_int(result.total),
-                _fmt_int(result.missing), _fmt_int(result.mismatched), sample or "—",
-                f"{result.seconds:.2f} s",
+                _fmt_int(result.missing), _fmt_int(result.mismatched), _fmt_int(result.lossy),
+                _fmt_int(result.unstable), sample or "—", f"{result.seconds:.2f} s",
             ]
         )
+        notes.extend(_verify_notes(result))
     if not out.json and rows:
         out.table(
             "fourstep verify",
-            ["key", "result", "rows", "missing", "mismatched", "sample keys", "time"],
+            ["key", "result", "rows", "missing", "mismatched", "lossy", "unstable",
+             "sample keys", "time"],
             rows,
         )
+        for note in notes:
+            out.text(note)
     return code
+
+
+def _verify_notes(result: VerifyResult) -> list[str]:
+    """What to do about what verify found, one line each."""
+    notes = []
+
+    def keys(found: Sequence[Sequence[Any]]) -> str:
+        return ", ".join(json.dumps(list(k), default=_jsonable) for k in found)
+
+    if not result.ok:
+        notes.append(
+            f"{result.key}: `fourstep backfill {result.key} --repair` writes new = "
+            f"forward(old) in the missing and mismatched rows"
+        )
+    if result.lossy:
+        notes.append(
+            f"{result.key}: {result.lossy:,} row(s) would lose their exact old value in the "
+            f"round trip backward(forward(old)) ({keys(result.lossy_keys)}): the drop "
+            f"refuses them unless op.drop_old(..., accept_lossy=True)"
+        )
+    if result.unstable:
+        notes.append(
+            f"{result.key}: {result.unstable:,} new value(s) do not come back through "
+            f"forward(backward(new)) ({keys(result.unstable_keys)}): after a downgrade past "
+            f"the drop, step-1 code reads them differently"
+        )
+    if not result.synced:
+        notes.append(
+            f"{result.key}: no sync triggers: rows whose old place is empty were not "
+            f"compared (a cleared old value cannot be told from a row written at step 4)"
+        )
+    return notes
 
 
 @contextmanager

@@ -423,6 +423,34 @@ def test_verify_ok_then_tampered(db: Db) -> None:
     assert status["rows_pending"] == 1  # row 23
 
 
+def test_repair_fixes_what_verify_found(db: Db) -> None:
+    seed_users(db.engine, 400)
+    assert fourstep(db, "backfill", USERS).returncode == 0
+    with db.engine.begin() as conn:
+        # old-only writes after the backfill, outside the ORM and without triggers
+        conn.execute(update(users).where(users.c.id == 17).values(name="Ada King"))
+        conn.execute(update(users).where(users.c.id == 23).values(first_name="Drift"))
+    bad = fourstep(db, "verify", USERS)
+    assert bad.returncode == 1 and bad.one("verify")["sample_keys"] == [[17], [23]]
+    assert bad.one("verify")["synced"] is False
+    notes = bad.one("verify")["notes"]
+    assert any(f"fourstep backfill {USERS} --repair" in note for note in notes), notes
+    assert any("[5]" in note and "accept_lossy" in note for note in notes), notes  # ' '
+
+    dry = fourstep(db, "backfill", USERS, "--repair", "--dry-run")
+    assert dry.returncode == 0 and dry.one("done")["rows_left"] == 2, str(dry)
+    repaired = fourstep(db, "backfill", USERS, "--repair")
+    assert repaired.returncode == 0, str(repaired)
+    done = repaired.one("done")
+    assert done["repair"] is True and done["rows_updated"] == 2 and done["complete"] is True
+    assert fourstep(db, "verify", USERS).returncode == 0
+    assert_users_backfilled(db.engine, 400)
+    with db.engine.connect() as conn:
+        assert conn.execute(select(users.c.name).where(users.c.id == 17)).scalar_one() == (
+            "Ada King"
+        )
+
+
 # -- 4: time budget ----------------------------------------------------------------------
 def test_time_budget_then_resume(db: Db) -> None:
     seed_users(db.engine, N_USERS)

@@ -2,8 +2,9 @@
 
 Importing this package registers the Four Step operations on Alembic's
 ``op`` (see :mod:`fourstep_sqla.alembic.ops`): ``op.relax_old_not_null``,
-``op.backfill``, ``op.drop_old`` and their reverses ``op.restore_old_not_null``,
-``op.record_phase`` and ``op.restore_old``.
+``op.backfill``, ``op.drop_old``, ``op.create_sync_triggers`` and their reverses
+``op.restore_old_not_null``, ``op.record_phase``, ``op.restore_old`` and
+``op.drop_sync_triggers``.
 
 Type checkers cannot see operations registered at run time; the functions
 below are typed equivalents that call ``op.invoke(...)``::
@@ -24,7 +25,6 @@ from sqlalchemy import Column
 
 from . import compare as _compare  # noqa: F401  (registers the autogenerate comparator)
 from . import render as _render  # noqa: F401  (registers the renderers)
-from . import trigger_ops as _trigger_ops  # noqa: F401  (registers the trigger operations)
 from .ops import (
     BackfillOp,
     DropOldOp,
@@ -34,17 +34,22 @@ from .ops import (
     RestoreOldNotNullOp,
     RestoreOldOp,
 )
+from .trigger_ops import CreateSyncTriggersOp, DropSyncTriggersOp
 
 __all__ = [
     "BackfillOp",
+    "CreateSyncTriggersOp",
     "DropOldOp",
     "DropRefusedError",
+    "DropSyncTriggersOp",
     "RecordPhaseOp",
     "RelaxOldNotNullOp",
     "RestoreOldNotNullOp",
     "RestoreOldOp",
     "backfill",
+    "create_sync_triggers",
     "drop_old",
+    "drop_sync_triggers",
     "record_phase",
     "relax_old_not_null",
 ]
@@ -83,14 +88,48 @@ def drop_old(
     forward: str | None = None,
     backward: str | None = None,
     schema: str | None = None,
+    sync_triggers: bool = False,
+    accept_lossy: bool = False,
 ) -> None:
     """Typed ``op.drop_old(...)``."""
     from alembic import op
 
     op.invoke(
         DropOldOp(key, table_name, old, new, forward_sql, backward_sql, forward, backward,
-                  schema)
+                  schema, sync_triggers, accept_lossy)
     )
+
+
+def create_sync_triggers(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[Column[Any] | str],
+    new: Sequence[Column[Any] | str],
+    forward_sql: Mapping[str, str],
+    backward_sql: Mapping[str, str],
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.create_sync_triggers(...)``."""
+    from alembic import op
+
+    op.invoke(CreateSyncTriggersOp(key, table_name, old, new, forward_sql, backward_sql, schema))
+
+
+def drop_sync_triggers(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[Column[Any] | str],
+    new: Sequence[Column[Any] | str],
+    forward_sql: Mapping[str, str],
+    backward_sql: Mapping[str, str],
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.drop_sync_triggers(...)``."""
+    from alembic import op
+
+    op.invoke(DropSyncTriggersOp(key, table_name, old, new, forward_sql, backward_sql, schema))
 
 
 def relax_old_not_null(

@@ -119,6 +119,9 @@ class RecordPhaseOp(_KeyedOp):
     def reverse(self) -> RecordPhaseOp:
         return RecordPhaseOp(self.key, self.table_name, self.previous, self.phase, self.schema)
 
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("fourstep_record_phase", self.key, self.table_name, self.phase)
+
 
 @Operations.implementation_for(RecordPhaseOp)
 def _record_phase(operations: Operations, operation: RecordPhaseOp) -> None:
@@ -189,6 +192,9 @@ class BackfillOp(_KeyedOp):
         # the backfilled values stay: step 2 reads them, step 1 ignores them
         return RecordPhaseOp(self.key, self.table_name, Phase.READ_NEW, Phase.STOP_READ_OLD,
                              self.schema)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("fourstep_backfill", self.key, self.table_name, self.new)
 
     def forward_transform(self) -> Transform[Any]:
         return frozen_transform(
@@ -581,6 +587,9 @@ class RelaxOldNotNullOp(_KeyedOp):
         return RestoreOldNotNullOp(self.key, self.table_name, self.columns, self.existing_type,
                                    self.schema)
 
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("fourstep_relax_old_not_null", self.key, self.table_name, self.columns)
+
 
 @Operations.register_operation("restore_old_not_null")
 class RestoreOldNotNullOp(RelaxOldNotNullOp):
@@ -602,6 +611,9 @@ class RestoreOldNotNullOp(RelaxOldNotNullOp):
     def reverse(self) -> RelaxOldNotNullOp:  # type: ignore[override]
         return RelaxOldNotNullOp(self.key, self.table_name, self.columns, self.existing_type,
                                  self.schema)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("fourstep_restore_old_not_null", self.key, self.table_name, self.columns)
 
 
 def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullable: bool) -> None:
