@@ -76,6 +76,12 @@ class DialectRules:
         """Begin the transaction of one batch."""
         conn.begin()
 
+    def hold_writes(self, conn: Connection) -> None:
+        """Make sure ``conn``'s transaction keeps other writers out from here on
+        where the database has one writer at a time (the drop gate and the DROP
+        must be one atomic step there); elsewhere row locks and the DDL's own
+        lock do."""
+
     def quiet_triggers(self, conn: Connection, key: str) -> None:
         """Keep the sync triggers of ``key`` out of this batch's own writes (they
         are set for the whole session where the database can tell sessions)."""
@@ -323,6 +329,13 @@ class SQLiteRules(DialectRules):
 
     def teardown_session(self, conn: Connection) -> None:
         pass
+
+    def hold_writes(self, conn: Connection) -> None:
+        # pysqlite runs DDL outside any transaction unless one was begun: without
+        # this, a write could commit between the gate and the DROP's table copy
+        raw = conn.connection.driver_connection
+        if raw is not None and not getattr(raw, "in_transaction", True):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def quiet_triggers(self, conn: Connection, key: str) -> None:
         # SQLite triggers cannot read a session setting: a marker row, visible to

@@ -42,6 +42,7 @@ from sqlalchemy.types import TypeEngine
 from ..attribute import PhasedSpec
 from ..backfill import BackfillError, ExternalTransactionError, backfill
 from ..ddl import LockPolicy, run_ddl
+from ..dialects import rules_for
 from ..errors import FourStepError
 from ..frozen import frozen_transform
 from ..keys import all_null, any_not_null
@@ -445,6 +446,7 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
         _drop_columns(operations, operation, None)
         return
     conn = operations.get_bind()
+    rules_for(conn).hold_writes(conn)
     table = operation.reflect(conn)
     drop_gate(conn, operation, table)
     # a write that commits between the gate and the DROP is carried into the new
