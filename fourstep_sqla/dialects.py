@@ -48,8 +48,12 @@ Rows = Sequence[tuple[Any, ...]]
 
 
 def first_line(exc: DBAPIError) -> str:
-    """The database's own message, first line only."""
-    return str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    """The database's own message, first line only (SQLite's way of rejecting a
+    value, a runtime "integer overflow", said as such)."""
+    text_ = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    if text_ == "integer overflow" and "sqlite" in type(exc.orig).__module__:
+        return "the SQL transform rejected the value (SQLite says: integer overflow)"
+    return text_
 
 
 class DialectRules:
@@ -107,8 +111,10 @@ class DialectRules:
         """An error caused by a row's value (a transform failed on it)."""
         args: Any = getattr(exc.orig, "args", ())
         # 1292 truncated incorrect value, 1264 out of range, 1406 data too long,
-        # 1366 incorrect value, 1365 division by zero, 3140 invalid JSON
-        if args and isinstance(args[0], int) and args[0] in {1264, 1292, 1365, 1366, 1406, 3140}:
+        # 1366 incorrect value, 1365 division by zero, 3140 invalid JSON, 1690 value
+        # out of range (how the built-in cast rejects a value there)
+        data_errors = {1264, 1292, 1365, 1366, 1406, 1690, 3140}
+        if args and isinstance(args[0], int) and args[0] in data_errors:
             return True
         return isinstance(exc, DataError)
 

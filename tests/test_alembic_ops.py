@@ -254,10 +254,7 @@ class TestRendering:
         up4 = env.rendered["up4"]
         assert "    op.drop_old(\n        'users.full_name',\n        'users',\n" in up4
         assert "old=[sa.Column('name', sa.String(length=80), nullable=True)]" in up4
-        backward = (
-            "CASE WHEN (first_name IS NULL) THEN last_name WHEN (last_name IS NULL) THEN "
-            "first_name ELSE first_name || ' ' || last_name END"
-        )
+        backward = "coalesce(first_name || ' ' || last_name, first_name, last_name)"
         assert f"backward_sql={{'name': \"{backward}\"}}" in up4
         assert "op.restore_old(" in env.rendered["down4"]
         assert "import" not in up4.split("op.drop_old")[1]  # frozen: no model import
