@@ -405,3 +405,16 @@ def test_a_python_only_transform_says_so_where_it_is_declared() -> None:
     assert "Trg_trg_python.loud_name" in message and "'loud'" in message
     assert "no SQL form" in message and "sql=" in message
     assert caught[0].filename == __file__  # points at the declaration
+
+
+@pytest.mark.postgres
+def test_a_writer_with_another_search_path(pg_schema_engine: Engine, pg_engine: Engine) -> None:
+    """The trigger bodies call their helper functions by schema, not by search_path."""
+    engine = pg_schema_engine
+    setup(engine, split_model("trg_path"))
+    with engine.connect() as conn:
+        schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+    with pg_engine.begin() as conn:  # search_path: public
+        conn.exec_driver_sql(f'INSERT INTO "{schema}".trg_path (id, name) VALUES (1, \'Ada L\')')
+        conn.exec_driver_sql(f'UPDATE "{schema}".trg_path SET first_name = \'Bo\' WHERE id = 1')
+    assert split_rows(engine, "trg_path") == {1: ("Bo L", "Bo", "L")}

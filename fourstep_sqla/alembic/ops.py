@@ -49,7 +49,7 @@ from ..keys import all_null, any_not_null
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
-from ..triggers import SyncTriggers, from_table
+from ..triggers import SyncTriggers, from_table, placed
 from ..verify import verify
 
 __all__ = [
@@ -317,10 +317,10 @@ class _OldColumnsOp(_KeyedOp):
                                       self.backward),
         )
 
-    def triggers(self, table: Table) -> SyncTriggers:
+    def triggers(self, conn: Any, table: Table) -> SyncTriggers:
         """The sync triggers of this attribute on ``table`` (reflected)."""
-        return from_table(self.key, table, self.old_names, self.new,
-                          self.forward_sql or {}, self.backward_sql or {})
+        return placed(conn, from_table(self.key, table, self.old_names, self.new,
+                                       self.forward_sql or {}, self.backward_sql or {}))
 
     def _args(self) -> tuple[Any, ...]:
         return (self.key, self.table_name, self.old, self.new, self.forward_sql,
@@ -451,7 +451,7 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
     drop_gate(conn, operation, table)
     # a write that commits between the gate and the DROP is carried into the new
     # place by the sync triggers, which are dropped in the DROP's own transaction
-    _drop_columns(operations, operation, operation.triggers(table))
+    _drop_columns(operations, operation, operation.triggers(conn, table))
     record_phase(operations.get_bind(), operation.key, operation.table_name,
                  Phase.STOP_WRITE_OLD)
 
@@ -537,7 +537,8 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
 
         if sync_triggers_enabled(operations):
             # before the restore: a step-4 writer meanwhile gets its old place too
-            triggers = operation.triggers(operation.reflect(operations.get_bind()))
+            bind = operations.get_bind()
+            triggers = operation.triggers(bind, operation.reflect(bind))
             run_statements(operations, operation.key, "create sync triggers",
                            triggers.create(context.dialect))
     with context.autocommit_block():

@@ -31,6 +31,7 @@ from ..attribute import PhasedSpec
 from ..errors import FourStepError
 from ..frozen import present_sql, transform_sql
 from ..transform import Transform
+from ..triggers import never_fails
 from .ops import (
     BackfillOp,
     DropOldOp,
@@ -96,6 +97,7 @@ def sync_triggers_op(spec: PhasedSpec, dialect: Dialect) -> CreateSyncTriggersOp
         forward_sql=forward,
         backward_sql=backward,
         schema=schema,
+        catch_errors=not (never_fails(spec.forward) and never_fails(spec.backward)),
     )
 
 
@@ -137,7 +139,7 @@ def _kwargs(autogen_context: AutogenContext, items: dict[str, Any]) -> str:
 
     parts = []
     for key, value in items.items():
-        if value is None or value is False:
+        if value is None:
             continue
         if isinstance(value, list) and value and isinstance(value[0], Column):
             columns = ", ".join(
@@ -176,8 +178,8 @@ def _render_columns_op(
         [op.key, op.table_name],
         {"old": op.old, "new": op.new, "forward_sql": op.forward_sql,
          "backward_sql": op.backward_sql, "forward": op.forward, "backward": op.backward,
-         "schema": op.schema, "sync_triggers": op.sync_triggers,
-         "accept_lossy": op.accept_lossy},
+         "schema": op.schema, "sync_triggers": op.sync_triggers or None,
+         "accept_lossy": op.accept_lossy or None},
     )
 
 
@@ -199,7 +201,8 @@ def _render_triggers_op(
         autogen_context,
         [op.key, op.table_name],
         {"old": op.old, "new": op.new, "forward_sql": op.forward_sql,
-         "backward_sql": op.backward_sql, "schema": op.schema},
+         "backward_sql": op.backward_sql, "schema": op.schema,
+         "catch_errors": None if op.catch_errors else False},
     )
 
 

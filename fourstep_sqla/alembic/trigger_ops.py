@@ -29,7 +29,7 @@ from sqlalchemy import Column, MetaData, Table
 
 from ..ddl import run_ddl
 from ..errors import SyncTriggerError
-from ..triggers import SyncTriggers, from_table
+from ..triggers import SyncTriggers, from_table, placed
 from .ops import lock_policy
 
 __all__ = ["CreateSyncTriggersOp", "DropSyncTriggersOp", "sync_triggers_enabled"]
@@ -64,10 +64,12 @@ class CreateSyncTriggersOp(MigrateOperation):
         forward_sql: Mapping[str, str],
         backward_sql: Mapping[str, str],
         schema: str | None = None,
+        catch_errors: bool = True,
     ) -> None:
         self.key, self.table_name, self.schema = key, table_name, schema
         self.old, self.new = list(old), list(new)
         self.forward_sql, self.backward_sql = dict(forward_sql), dict(backward_sql)
+        self.catch_errors = catch_errors
 
     @classmethod
     def create_sync_triggers(
@@ -80,13 +82,21 @@ class CreateSyncTriggersOp(MigrateOperation):
         forward_sql: Mapping[str, str],
         backward_sql: Mapping[str, str],
         schema: str | None = None,
+        catch_errors: bool = True,
     ) -> None:
-        """Create the sync triggers of ``key`` on ``table_name`` (see module docs)."""
-        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema))
+        """Create the sync triggers of ``key`` on ``table_name`` (see module docs).
+
+        ``catch_errors=False``: the transforms never raise (autogenerate says so
+        for the built-in identity, split and join), so the triggers need no
+        per-row error handler, which costs about 40% of a bulk UPDATE on
+        PostgreSQL.
+        """
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema,
+                              catch_errors))
 
     def _args(self) -> tuple[Any, ...]:
         return (self.key, self.table_name, self.old, self.new, self.forward_sql,
-                self.backward_sql, self.schema)
+                self.backward_sql, self.schema, self.catch_errors)
 
     def reverse(self) -> MigrateOperation:
         return DropSyncTriggersOp(*self._args())
@@ -101,8 +111,10 @@ class CreateSyncTriggersOp(MigrateOperation):
         if not context.as_sql:
             conn = operations.get_bind()
             table = Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
-            return from_table(self.key, table, _names(self.old), _names(self.new),
-                              self.forward_sql, self.backward_sql)
+            return placed(conn, from_table(
+                self.key, table, _names(self.old), _names(self.new), self.forward_sql,
+                self.backward_sql, self.catch_errors,
+            ))
         untyped = [c for c in (*self.old, *self.new) if isinstance(c, str)]
         if untyped and context.dialect.name == "postgresql":
             raise SyncTriggerError(
@@ -124,6 +136,7 @@ class CreateSyncTriggersOp(MigrateOperation):
             new=tuple(c if isinstance(c, Column) else Column(c) for c in self.new),
             forward_sql=self.forward_sql,
             backward_sql=self.backward_sql,
+            catch_errors=self.catch_errors,
         )
 
 
@@ -142,9 +155,11 @@ class DropSyncTriggersOp(CreateSyncTriggersOp):
         forward_sql: Mapping[str, str],
         backward_sql: Mapping[str, str],
         schema: str | None = None,
+        catch_errors: bool = True,
     ) -> None:
         """Drop the sync triggers of ``key`` on ``table_name``."""
-        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema))
+        operations.invoke(cls(key, table_name, old, new, forward_sql, backward_sql, schema,
+                              catch_errors))
 
     def reverse(self) -> MigrateOperation:
         return CreateSyncTriggersOp(*self._args())
