@@ -71,6 +71,10 @@ def run_ddl(
             conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
             savepoint.commit()
             return result
+        except FourStepError:
+            # a refusal found under the lock: give the lock back with the attempt
+            savepoint.rollback()
+            raise
         except DBAPIError as exc:
             savepoint.rollback()
             if not _lock_not_available(exc):

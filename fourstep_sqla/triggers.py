@@ -556,6 +556,103 @@ def _renderer(dialect: Dialect, triggers: SyncTriggers) -> _Renderer:
     )
 
 
+# -- the drop guard (PostgreSQL, without sync triggers) -----------------------------------
+GUARD_TABLE = "fourstep_guard"
+
+
+@dataclass(frozen=True)
+class DropGuard:
+    """Records the keys of rows whose old place is written while a drop gate runs.
+
+    Without sync triggers nothing carries a write of the old place into the
+    new one between the gate's scan and the DROP. The guard, a small trigger
+    committed before the gate starts, notes the primary key of every row
+    inserted or whose old column(s) are assigned into ``fourstep_guard``; under
+    the DROP's lock, only those rows are compared again, and any that would
+    lose data makes the drop refuse. PostgreSQL only (SQLite holds its write
+    lock from the gate to the DROP).
+    """
+
+    key: str
+    table_name: str
+    schema: str | None
+    old: tuple[str, ...]
+    primary_key: tuple[Column[Any], ...]
+    #: where the guard's table and function live (the table's schema, or the
+    #: current one when it names none)
+    home: str | None = None
+
+    @classmethod
+    def of(cls, conn: Connection, key: str, table: Table, old: Sequence[str]) -> DropGuard:
+        home = table.schema or conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+        return cls(key, table.name, table.schema, tuple(old),
+                   tuple(table.primary_key.columns), home)
+
+    def _q(self, dialect: Dialect, name: str) -> str:
+        prep = dialect.identifier_preparer
+        if self.home:
+            return f"{prep.quote_schema(self.home)}.{prep.quote(name)}"
+        return str(prep.quote(name))
+
+    def table(self, dialect: Dialect) -> str:
+        """The guarded table's quoted name."""
+        prep = dialect.identifier_preparer
+        name = prep.quote(self.table_name)
+        return f"{prep.quote_schema(self.schema)}.{name}" if self.schema else str(name)
+
+    def create(self, dialect: Dialect) -> list[str]:
+        prep = dialect.identifier_preparer
+        guard = self._q(dialect, GUARD_TABLE)
+        function = self._q(dialect, f"{_slug(self.key)}_guard")
+        trigger = prep.quote(f"{_slug(self.key)}_guard")
+        key = str(literal(self.key).compile(dialect=dialect,
+                                            compile_kwargs={"literal_binds": True}))
+        row_key = ", ".join(f"NEW.{prep.quote(c.name)}" for c in self.primary_key)
+        old = ", ".join(prep.quote(n) for n in self.old)
+        return [
+            f"CREATE TABLE IF NOT EXISTS {guard} (key VARCHAR(255) NOT NULL, "
+            f"row_key TEXT NOT NULL, PRIMARY KEY (key, row_key))",
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$fourstep$ BEGIN INSERT INTO {guard} (key, row_key) VALUES ({key}, "
+            f"json_build_array({row_key})::text) ON CONFLICT DO NOTHING; RETURN NULL; END "
+            f"$fourstep$",
+            f"DROP TRIGGER IF EXISTS {trigger} ON {self.table(dialect)}",
+            f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OF {old} ON "
+            f"{self.table(dialect)} FOR EACH ROW EXECUTE FUNCTION {function}()",
+        ]
+
+    def drop(self, dialect: Dialect) -> list[str]:
+        prep = dialect.identifier_preparer
+        guard = self._q(dialect, GUARD_TABLE)
+        key = str(literal(self.key).compile(dialect=dialect,
+                                            compile_kwargs={"literal_binds": True}))
+        return [
+            f"DROP TRIGGER IF EXISTS {prep.quote(_slug(self.key) + '_guard')} ON "
+            f"{self.table(dialect)}",
+            f"DROP FUNCTION IF EXISTS {self._q(dialect, _slug(self.key) + '_guard')}()",
+            f"DELETE FROM {guard} WHERE key = {key}",
+        ]
+
+    def written(self, table: Table) -> ColumnElement[bool]:
+        """The rows the guard noted: primary key IN (the recorded keys)."""
+        from sqlalchemy import cast, select, tuple_
+        from sqlalchemy import column as column_clause
+        from sqlalchemy import table as table_clause
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        guard = table_clause(GUARD_TABLE, column_clause("key"), column_clause("row_key"),
+                             schema=self.home)
+        keys = [table.c[c.name] for c in self.primary_key]
+        parts = [
+            cast(cast(guard.c.row_key, JSONB)[i].astext, c.type)
+            for i, c in enumerate(keys)
+        ]
+        recorded = select(*parts).where(guard.c.key == self.key)
+        target: Any = keys[0] if len(keys) == 1 else tuple_(*keys)
+        condition: ColumnElement[bool] = target.in_(recorded)
+        return condition
+
+
 # -- what the database has --------------------------------------------------------------
 def installed(conn: Connection, spec: PhasedSpec) -> bool:
     """Whether every sync trigger of ``spec`` (a PhasedSpec) exists on its table."""

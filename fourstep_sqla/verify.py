@@ -105,12 +105,10 @@ class _Checker:
         if wanted > 0:
             found.extend(list(keys)[:wanted])
 
-    def check_sql(
-        self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
-    ) -> None:
+    def check_sql(self, conn: Connection, in_range: Any, result: VerifyResult) -> None:
+        """Sort the rows ``in_range`` selects, in SQL."""
         places = SQLPlaces.of(self.spec, "verify")
         scope = places.scope(self.synced)
-        in_range = self.keys.between(lower, upper)
         categories = {
             "missing": places.missing(),
             "mismatched": places.mismatched(),
@@ -164,7 +162,7 @@ class _Checker:
         rules = rules_for(conn)
         savepoint = conn.begin_nested() if rules.error_aborts_transaction else None
         try:
-            self.check_sql(conn, lower, upper, result)
+            self.check_sql(conn, self.keys.between(lower, upper), result)
         except DBAPIError as exc:
             if savepoint is not None:
                 savepoint.rollback()
@@ -186,20 +184,19 @@ class _Checker:
                 ) from exc
             log.warning("%s: SQL transform failed in keys (%r, %r], comparing in Python: %s",
                         self.spec.key, lower, upper, first_line(exc))
-            self.check_python(conn, lower, upper, result)
+            self.check_python(conn, self.keys.between(lower, upper), result)
         else:
             if savepoint is not None:
                 savepoint.commit()
 
-    def check_python(
-        self, conn: Connection, lower: Key | None, upper: Key, result: VerifyResult
-    ) -> None:
+    def check_python(self, conn: Connection, in_range: Any, result: VerifyResult) -> None:
+        """Sort the rows ``in_range`` selects, in Python."""
         spec = self.spec
         width = len(self.keys.columns)
         n_old = len(spec.old_columns)
         rows = conn.execute(
             select(*self.keys.columns, *spec.old_columns, *spec.new_columns)
-            .where(self.keys.between(lower, upper))
+            .where(in_range)
             .order_by(*self.keys.order_by())
         )
         for row in rows:
@@ -266,7 +263,7 @@ def verify(
             if checker.mode == "sql":
                 checker.check_sql_or_python(conn, lower, hi, result)
             else:
-                checker.check_python(conn, lower, hi, result)
+                checker.check_python(conn, checker.keys.between(lower, hi), result)
             lower = hi
             if progress is not None:
                 progress(result)
@@ -288,6 +285,20 @@ def verify(
     finally:
         if owned:
             conn.close()
+
+
+def verify_rows(
+    conn: Connection, spec: PhasedSpec, where: Any, *, synced: bool, sample_size: int = 10
+) -> VerifyResult:
+    """Sort only the rows ``where`` selects, in one statement, read-only: what the
+    drop re-checks under its lock for the rows written while the gate ran."""
+    checker = _Checker(spec, sample_size, synced)
+    result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
+    if checker.mode == "sql":
+        checker.check_sql(conn, where, result)
+    else:
+        checker.check_python(conn, where, result)
+    return result
 
 
 def _record(conn: Connection, spec: PhasedSpec, result: VerifyResult) -> None:

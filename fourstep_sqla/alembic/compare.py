@@ -36,7 +36,7 @@ from ..attribute import PhasedSpec
 from ..phase import Phase
 from ..registry import all_specs
 from ..state import STATE_METADATA, read_state
-from ..triggers import SQLITE_MARKER, triggers_present
+from ..triggers import GUARD_TABLE, SQLITE_MARKER, triggers_present
 from .ops import RelaxOldNotNullOp
 from .render import backfill_op, drop_old_op, sync_triggers_op
 from .trigger_ops import sync_triggers_enabled
@@ -45,7 +45,10 @@ __all__ = ["fourstep_operations"]
 
 log = logging.getLogger("fourstep_sqla.alembic.compare")
 
-STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables) | {SQLITE_MARKER}
+STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables) | {
+    SQLITE_MARKER,
+    GUARD_TABLE,
+}
 
 
 def _metadatas(autogen_context: AutogenContext) -> list[MetaData]:

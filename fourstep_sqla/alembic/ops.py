@@ -49,7 +49,7 @@ from ..keys import all_null, any_not_null
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
-from ..triggers import SyncTriggers, from_table, placed
+from ..triggers import DropGuard, SyncTriggers, from_table, placed, triggers_present
 from ..verify import verify
 
 __all__ = [
@@ -448,18 +448,105 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
     conn = operations.get_bind()
     rules_for(conn).hold_writes(conn)
     table = operation.reflect(conn)
-    drop_gate(conn, operation, table)
-    # a write that commits between the gate and the DROP is carried into the new
-    # place by the sync triggers, which are dropped in the DROP's own transaction
-    _drop_columns(operations, operation, operation.triggers(conn, table))
+    guard = _install_guard(operations, operation, table)
+    try:
+        drop_gate(conn, operation, table)
+        # a write that commits between the gate and the DROP is carried into the new
+        # place by the sync triggers, which are dropped in the DROP's own transaction;
+        # without them the guard noted its row, compared again under the DROP's lock
+        _drop_columns(operations, operation, operation.triggers(conn, table), guard, table)
+    except BaseException:
+        if guard is not None:
+            _remove_guard(operations, guard)
+        raise
     record_phase(operations.get_bind(), operation.key, operation.table_name,
                  Phase.STOP_WRITE_OLD)
 
 
+def _install_guard(
+    operations: Operations, operation: _OldColumnsOp, table: Table
+) -> DropGuard | None:
+    """Without sync triggers on PostgreSQL: commit a guard before the gate runs."""
+    context = operations.get_context()
+    conn = operations.get_bind()
+    if conn.dialect.name != "postgresql":
+        return None
+    if triggers_present(conn, operation.key, table.name, table.schema):
+        return None
+    if context._in_external_transaction:
+        log.warning(
+            "%s: without sync triggers, and inside a transaction env.py opened, the drop "
+            "cannot guard against an old-only write that commits between its gate and the "
+            "DROP", operation.key,
+        )
+        return None
+    guard = DropGuard.of(conn, operation.key, table, operation.old_names)
+    statements = guard.create(conn.dialect)
+    # committed before the gate starts, so that every writer's transaction sees it;
+    # whatever the revision did before is committed with it
+    with context.autocommit_block():
+        connection = context.connection
+        assert connection is not None
+        with connection.engine.begin() as guard_conn:
+            def install() -> None:
+                for statement in statements:
+                    guard_conn.exec_driver_sql(statement)
+
+            run_ddl(guard_conn, f"{operation.key}: drop guard", install,
+                    lock_policy(operations))
+    return guard
+
+
+def _remove_guard(operations: Operations, guard: DropGuard) -> None:
+    """Best effort, after a refused or failed drop.
+
+    The migration's transaction holds the gate's read locks: it is ended first
+    (since the guard was installed it did nothing but read), then the guard is
+    dropped on a connection of its own.
+    """
+    context = operations.get_context()
+    try:
+        with context.autocommit_block():
+            connection = context.connection
+            assert connection is not None
+            with connection.engine.begin() as conn:
+                def remove() -> None:
+                    for statement in guard.drop(conn.dialect):
+                        conn.exec_driver_sql(statement)
+
+                run_ddl(conn, f"{guard.key}: drop guard", remove, lock_policy(operations))
+    except Exception:  # the refusal is what the user must see
+        log.warning("%s: could not remove the drop guard trigger; the next successful "
+                    "drop removes it", guard.key, exc_info=True)
+
+
+def _recheck_guarded(conn: Any, operation: _OldColumnsOp, table: Table, guard: DropGuard) -> None:
+    """Under the DROP's lock: the rows written while the gate ran, compared again."""
+    from ..verify import verify_rows
+
+    result = verify_rows(conn, operation.spec(table), guard.written(table), synced=False)
+    lossy = result.lossy if not operation.accept_lossy else 0
+    if result.ok and not lossy:
+        return
+    raise DropRefusedError(
+        f"{operation.key}: refusing to drop {', '.join(operation.old_names)} of "
+        f"{table.description}: while the drop gate ran, writes outside the ORM (no sync "
+        f"triggers) left {result.missing} row(s) with a value only in the old place, "
+        f"{result.mismatched} mismatched and {lossy} lossy (sample keys "
+        f"{_keys(result.sample_keys + result.lossy_keys)}). Nothing was dropped. Run "
+        f"`fourstep backfill {operation.key} --repair`, then upgrade again."
+    )
+
+
 def _drop_columns(
-    operations: Operations, operation: _OldColumnsOp, triggers: SyncTriggers | None
+    operations: Operations,
+    operation: _OldColumnsOp,
+    triggers: SyncTriggers | None,
+    guard: DropGuard | None = None,
+    table: Table | None = None,
 ) -> None:
-    """Drop the sync triggers and the old column(s), in one lock-safe transaction."""
+    """Drop the sync triggers (or the guard) and the old column(s), in one lock-safe
+    transaction."""
     context = operations.get_context()
     dialect = context.dialect
     drop_triggers = triggers.drop(dialect) if triggers is not None else []
@@ -489,8 +576,15 @@ def _drop_columns(
         return
 
     def drop() -> None:
+        bind = operations.get_bind()
+        if guard is not None and table is not None:
+            # the DROP's own lock first: from here on no write can slip in
+            bind.exec_driver_sql(f"LOCK TABLE {guard.table(dialect)} IN ACCESS EXCLUSIVE MODE")
+            _recheck_guarded(bind, operation, table, guard)
+            for statement in guard.drop(dialect):
+                bind.exec_driver_sql(statement)
         for statement in drop_triggers:
-            operations.get_bind().exec_driver_sql(statement)
+            bind.exec_driver_sql(statement)
         for name in operation.old_names:
             operations.drop_column(operation.table_name, name, schema=operation.schema)
 
