@@ -213,7 +213,8 @@ class Writer(threading.Thread):
                 if "locked" in text_ or "deadlock" in text_ or "could not serialize" in text_:
                     time.sleep(0.01)
                     continue
-                if "no such column" in text_ or "does not exist" in text_:
+                gone = ("no such column", "has no column named", "does not exist")
+                if any(g in text_ for g in gone):
                     self.ended = text_.splitlines()[0]  # the drop: this writer's end
                     return
                 self.errors.append(exc)
