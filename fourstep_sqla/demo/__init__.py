@@ -8,9 +8,12 @@ PostgreSQL database), the demo
 2. runs each step's Alembic upgrade from the reference environment shipped
    in ``fourstep_sqla/demo/migrations`` and "deploys" the code of that step
    (the model at the step's phase), writing through the phased attribute;
-3. backfills (step 3's migration) while a live writer keeps writing through
+3. shows the sync triggers at work for writers outside the ORM (the old
+   release at step 1, which writes only ``name``; the step-4 release, which
+   writes only ``first_name``/``last_name``);
+4. backfills (step 3's migration) while a live writer keeps writing through
    the attribute, verifies, checks the deploy order, drops the old column;
-4. downgrades one step to show the old column restored, value for value.
+5. downgrades one step to show the old column restored, value for value.
 
 Every step says what it did and which rows it touched.
 """
@@ -180,9 +183,16 @@ def run_demo(url: str | None = None, echo: Callable[[str], None] = print, rows: 
         session.add_all(user(id=rows + i, full_name=("Grace", f"Hopper{i}")) for i in range(1, 51))
         session.execute(update(user).where(user.id <= 20).values(full_name=("Ada", "Lovelace")))
         session.commit()
-    say("Step 1 (WRITE_BOTH): migration s1 added first_name/last_name and relaxed name's "
-        "NOT NULL; the deployed code writes both places.",
-        "wrote 50 new users and renamed 20 through User.full_name:",
+    # the old release is still running during the rollout: it knows only name
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE users SET name = 'Grace Brewster Hopper' WHERE id = 21"))
+        conn.execute(text("INSERT INTO users (id, name) VALUES (:id, 'Margaret Hamilton')"),
+                     {"id": rows + 51})
+    say("Step 1 (WRITE_BOTH): migration s1 added first_name/last_name, relaxed name's "
+        "NOT NULL and created the sync triggers; the deployed code writes both places.",
+        "wrote 50 new users and renamed 20 through User.full_name; the old release, still "
+        "running, updated row 21 and inserted one through name only (raw SQL), and the "
+        "triggers filled first/last:",
         f"rows with both places written: {count('first_name IS NOT NULL')}; "
         f"rows only in the old place: {count('first_name IS NULL')}",
         *sample())
@@ -226,11 +236,22 @@ def run_demo(url: str | None = None, echo: Callable[[str], None] = print, rows: 
     check(engine, user.full_name)
     with Session(engine) as session:
         session.add(user(id=rows + 100_000, full_name=("Edsger", "Dijkstra")))
+        renamed = session.get(user, 1)
+        assert renamed is not None
+        renamed.full_name = ("Augusta Ada", "King")  # writes first/last only
         session.commit()
+    gate = verify(engine, "users.full_name", record=False)
     before = _names(engine)
+    with engine.connect() as conn:
+        name_1 = conn.execute(text("SELECT name FROM users WHERE id = 1")).scalar_one()
     command.upgrade(config, "s4")
     say("Step 4 (STOP_WRITE_OLD): the code that no longer writes name was deployed first "
-        "(two-release rule), then migration s4 proved nothing would be lost and dropped it.",
+        "(two-release rule); it inserted a user and renamed row 1 through first/last only, "
+        f"and the triggers kept name in step (row 1: name={name_1!r}).",
+        f"the drop gate: {gate.missing} missing, {gate.mismatched} mismatched, "
+        f"{gate.lossy} lossy, {gate.unstable} unstable (row 1 would read ('Augusta', "
+        f"'Ada King') after a downgrade to step 1: a warning); migration s4 dropped name "
+        f"and the triggers together.",
         f"columns now: {[c['name'] for c in inspect(engine).get_columns('users')]}",
         *sample())
 
@@ -240,13 +261,13 @@ def run_demo(url: str | None = None, echo: Callable[[str], None] = print, rows: 
     restored = sum(1 for key, name in after.items() if before.get(key) == name)
     say("Downgrade s4 -> s3: name re-added and restored from first/last with the backward "
         "transform.",
-        f"{restored} of {len(after)} rows hold exactly the name they had before the drop "
-        f"(row {rows + 100_000}, written at step 4, gets its name from the new columns).",
+        f"{restored} of {len(after)} rows hold exactly the name they had before the drop, "
+        f"those written at step 4 included (the triggers gave them one).",
         *sample())
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(text("users"))).scalar_one()
     engine.dispose()
-    ok = not writer.errors and result.ok and restored >= len(after) - 1
+    ok = not writer.errors and result.ok and gate.ok and restored == len(after)
     say("Done." if ok else "Something went wrong: see above.",
         f"{total} rows; database kept at {shown}")
     return 0 if ok else 1

@@ -2,9 +2,12 @@
 
 Deploy code at Phase.STOP_WRITE_OLD (the old column declared with
 ``unmapped_column()``) BEFORE this migration: the two-release rule. The drop
-refuses while any row has a value only in the old column or a new value that
-differs from forward(old). The downgrade re-adds the column and restores it
-from the new ones with the backward transform.
+refuses while any row has a value only in the old column, or a new value that
+is neither forward(old) nor one whose backward gives the old value back, or an
+old value the round trip would not give back. The sync triggers go with the
+column, in one lock-safe transaction. The downgrade re-adds the column, makes
+the triggers again and restores it from the new ones with the backward
+transform.
 
 Revision ID: s4
 """
@@ -33,10 +36,7 @@ FORWARD_SQL = {
         "THEN substr(name, strpos(name, ' ') + 1) END, '')",
     },
 }
-BACKWARD_SQL = {
-    "name": "CASE WHEN (first_name IS NULL) THEN last_name WHEN (last_name IS NULL) "
-    "THEN first_name ELSE first_name || ' ' || last_name END",
-}
+BACKWARD_SQL = {"name": "coalesce(first_name || ' ' || last_name, first_name, last_name)"}
 
 
 def _arguments() -> dict:
@@ -45,6 +45,9 @@ def _arguments() -> dict:
         "new": ["first_name", "last_name"],
         "forward_sql": FORWARD_SQL[op.get_context().dialect.name],
         "backward_sql": BACKWARD_SQL,
+        # the sync triggers of s1 are dropped with the column; the downgrade makes
+        # them again
+        "sync_triggers": True,
     }
 
 
