@@ -491,3 +491,54 @@ class TestDropRace:
 
 def _short_timeout(engine: Engine) -> dict[str, Any]:
     return {"timeout": 1} if engine.dialect.name == "sqlite" else {}
+
+
+@pytest.mark.mysql
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_the_lifecycle_on_mariadb(mysql_engine: Engine, tmp_path: Path) -> None:
+    """Step 1 to the drop and back on MariaDB, where DDL commits at once: the drop
+    holds the table's write lock from DROP TRIGGER to DROP COLUMN."""
+    engine = mysql_engine
+
+    def clean() -> None:
+        with engine.begin() as conn:
+            for name in inspect(conn).get_table_names():
+                if name in ("people", "alembic_version") or name.startswith("fourstep_"):
+                    conn.exec_driver_sql(f"DROP TABLE `{name}`")
+
+    clean()
+    try:
+        project = Project(tmp_path, engine)
+        project.models("WRITE_BOTH")
+        up, _ = project.autogenerate()
+        assert "op.create_sync_triggers(" in up and "catch_errors=False" in up
+        assert project.synced()
+        project.run("UPDATE people SET name = 'Ada King' WHERE id = 1")
+        project.run("INSERT INTO people (id, first_name, last_name) VALUES (4, 'Grace', 'H')")
+        project.models("STOP_READ_OLD")
+        project.autogenerate()
+        step4 = project.models("STOP_WRITE_OLD", old=UNMAPPED)
+        with Session(engine) as session:
+            session.get(step4.Person, 3).full_name = ("Alan", "Turing")
+            session.commit()
+        assert project.rows() == [
+            (1, "Ada King", "Ada", "King"),
+            (2, "Cher", "Cher", None),
+            (3, "Alan Turing", "Alan", "Turing"),
+            (4, "Grace H", "Grace", "H"),
+        ]
+        result = verify(engine, get(KEY), record=False)
+        assert result.synced and result.ok and result.lossy == 0
+        project.autogenerate()
+        assert project.rows() == [(1, "Ada", "King"), (2, "Cher", None), (3, "Alan", "Turing"),
+                                  (4, "Grace", "H")]
+        assert not project.synced()
+        command.downgrade(project.config, "-1")
+        assert project.synced()
+        assert [r[:2] for r in project.rows()] == [
+            (1, "Ada King"), (2, "Cher"), (3, "Alan Turing"), (4, "Grace H")
+        ]
+        command.downgrade(project.config, "base")
+        assert project.rows()[0] == (1, "Ada King")
+    finally:
+        clean()

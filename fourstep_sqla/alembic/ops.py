@@ -592,6 +592,20 @@ def _drop_columns(
         for name in operation.old_names:
             operations.drop_column(operation.table_name, name, schema=operation.schema)
         return
+    if dialect.name in ("mysql", "mariadb"):
+        # DDL commits at once there: without the table's write lock an old-only
+        # write between DROP TRIGGER and DROP COLUMN would be carried nowhere
+        bind = operations.get_bind()
+        prep = dialect.identifier_preparer
+        quoted = prep.quote(operation.table_name)
+        if operation.schema:
+            quoted = f"{prep.quote_schema(operation.schema)}.{quoted}"
+        bind.exec_driver_sql(f"LOCK TABLES {quoted} WRITE")
+        try:
+            drop()
+        finally:
+            bind.exec_driver_sql("UNLOCK TABLES")
+        return
     what = f"DROP COLUMN {', '.join(operation.old_names)}"
     run_ddl(operations.get_bind(), f"{operation.key}: {what}", drop, lock_policy(operations))
 
