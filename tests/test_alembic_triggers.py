@@ -542,3 +542,26 @@ def test_the_lifecycle_on_mariadb(mysql_engine: Engine, tmp_path: Path) -> None:
         assert project.rows()[0] == (1, "Ada King")
     finally:
         clean()
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_the_drop_names_rows_a_downgrade_would_read_differently(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    project = Project(tmp_path, engine)
+    project.models("WRITE_BOTH")
+    project.autogenerate()
+    project.models("STOP_READ_OLD")
+    project.autogenerate()
+    step4 = project.models("STOP_WRITE_OLD", old=UNMAPPED)
+    with Session(engine) as session:
+        session.get(step4.Person, 2).full_name = ("Mary Ann", "Smith")
+        session.commit()
+    caplog.set_level(logging.WARNING, logger="fourstep_sqla.alembic")
+    project.autogenerate()
+    warned = [r.getMessage() for r in caplog.records if "forward(backward(new))" in r.getMessage()]
+    assert len(warned) == 1 and "(2,)" in warned[0] and KEY in warned[0], caplog.text
+    command.downgrade(project.config, "-1")
+    assert project.rows()[1] == (2, "Mary Ann Smith", "Mary Ann", "Smith")

@@ -21,6 +21,7 @@ Tables are prefixed ``trg_``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -418,3 +419,90 @@ def test_a_writer_with_another_search_path(pg_schema_engine: Engine, pg_engine: 
         conn.exec_driver_sql(f'INSERT INTO "{schema}".trg_path (id, name) VALUES (1, \'Ada L\')')
         conn.exec_driver_sql(f'UPDATE "{schema}".trg_path SET first_name = \'Bo\' WHERE id = 1')
     assert split_rows(engine, "trg_path") == {1: ("Bo L", "Bo", "L")}
+
+
+def quoted_model(schema: str | None) -> Any:
+    """Names that need quoting: a table with a space, a reserved word as the old
+    column, a new column with a space and capitals, a capitalised key."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    args: dict[str, Any] = {"schema": schema} if schema else {}
+    return type("Trg_quoted", (Base,), {
+        "__tablename__": "Order Items",
+        "__table_args__": args,
+        "__module__": __name__,
+        "id": mapped_column("ID", Integer, primary_key=True, autoincrement=False),
+        "legacy": mapped_column("select", String(20), nullable=True),
+        "amount": mapped_column("Amount Int", Integer, nullable=True),
+        "quantity": phased(old="legacy", new="amount", forward=Transform.cast(int, Integer()),
+                           backward=Transform.cast(str, String(20)), phase=Phase.WRITE_BOTH),
+    })
+
+
+def test_names_that_need_quoting(db: Engine) -> None:
+    model = quoted_model(None)
+    setup(db, model, "quantity")
+    q = db.dialect.identifier_preparer.quote
+    table, old, new, key = q("Order Items"), q("select"), q("Amount Int"), q("ID")
+    run(db, f"INSERT INTO {table} ({key}, {old}) VALUES (1, '12')")
+    run(db, f"INSERT INTO {table} ({key}, {new}) VALUES (2, 34)")
+    run(db, f"UPDATE {table} SET {old} = '56' WHERE {key} = 1")
+    run(db, f"UPDATE {table} SET {new} = 78 WHERE {key} = 2")
+    with db.connect() as conn:
+        got = conn.execute(text(f"SELECT {key}, {old}, {new} FROM {table} ORDER BY {key}"))
+        assert [tuple(r) for r in got] == [(1, "56", 56), (2, "78", 78)]
+    with db.begin() as conn:
+        drop(conn, SyncTriggers.of(model.quantity.spec, conn.dialect))
+        assert installed(conn, model.quantity.spec) is False
+    if db.dialect.name in ("mysql", "mariadb"):
+        with db.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE `Order Items`")
+
+
+@pytest.mark.postgres
+def test_names_that_need_quoting_in_a_schema(pg_engine: Engine) -> None:
+    schema = f"Sales Dept {secrets.token_hex(3)}"
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        model = quoted_model(schema)
+        setup(pg_engine, model, "quantity")
+        table = f'"{schema}"."Order Items"'
+        run(pg_engine, f'INSERT INTO {table} ("ID", "select") VALUES (1, \'12\')')
+        run(pg_engine, f'UPDATE {table} SET "Amount Int" = 9 WHERE "ID" = 1')
+        with pg_engine.connect() as conn:
+            got = conn.execute(text(f'SELECT "select", "Amount Int" FROM {table}')).one()
+        assert tuple(got) == ("9", 9)
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.mark.mysql
+def test_mariadb_compares_exactly_not_by_collation(mysql_engine: Engine) -> None:
+    """'ada lovelace' beside ('Ada', 'Lovelace'), or a trailing space, is a difference
+    the case-insensitive, PAD SPACE collation would hide: the drop would lose it."""
+    engine = mysql_engine
+    model = split_model("trg_collation")
+    model.metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO trg_collation (id, name, first_name, last_name) VALUES "
+                "(1, 'ada lovelace', 'Ada', 'Lovelace'), (2, 'F5 L5', 'F5', 'L5 '), "
+                "(3, 'Grace Hopper', 'Grace', 'Hopper')"
+            ))
+        result = verify(engine, model.full_name, record=False, synced=False)
+        assert (result.mismatched, result.sample_keys) == (2, [(1,), (2,)])
+        repaired = backfill(engine, model.full_name, repair=True)
+        assert repaired.rows_updated == 2
+        assert split_rows(engine, "trg_collation") == {
+            1: ("ada lovelace", "ada", "lovelace"),
+            2: ("F5 L5", "F5", "L5"),
+            3: ("Grace Hopper", "Grace", "Hopper"),
+        }
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE trg_collation")
