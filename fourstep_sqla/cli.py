@@ -82,7 +82,8 @@ On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
 
 - ``status``: key, table, phase, phase_number, recorded_phase, mode, old, new,
   rows_total, rows_pending, skipped, run_status, rows_updated, verified_at,
-  verify_ok, verify_total, verify_missing, verify_mismatched, note;
+  verify_ok, verify_total, verify_missing, verify_mismatched, sync_triggers
+  (installed in the database), note;
 - ``progress`` (backfill, at most about one a second per attribute): key,
   rows_updated, batches, rows_pending_at_start, elapsed, rows_per_second,
   eta_seconds, batch_size, last_batch_ms;
@@ -141,6 +142,7 @@ from .backfill import (
 from .errors import FourStepError, NoSyncTriggersWarning
 from .registry import all_specs, load_models
 from .state import AttributeState, read_state
+from .triggers import triggers_present
 from .verify import VerifyResult, verify
 
 if TYPE_CHECKING:
@@ -546,6 +548,7 @@ def _status_of(ctx: _Context, spec: PhasedSpec) -> dict[str, Any]:
         "verify_total": None,
         "verify_missing": None,
         "verify_mismatched": None,
+        "sync_triggers": False,
         "note": None,
     }
     with ctx.engine.connect() as conn:
@@ -569,6 +572,9 @@ def _status_of(ctx: _Context, spec: PhasedSpec) -> dict[str, Any]:
                 conn.rollback()
                 pending = pending_count(conn, spec)  # the backfill's own predicate
                 info["rows_pending"] = int(pending)
+                info["sync_triggers"] = triggers_present(
+                    conn, spec.key, table.name, table.schema
+                )
         conn.rollback()
         state: AttributeState | None = read_state(conn, spec.key)
     if state is not None:
@@ -621,15 +627,16 @@ def _cmd_status(ctx: _Context) -> int:
             pending += f" ({info['note']})"
         rows.append(
             [
-                info["key"], phase, info["mode"], _fmt_int(info["rows_total"]), pending,
-                _fmt_int(info["skipped"]), run, checked, _fmt_when(info["verified_at"]),
+                info["key"], phase, info["mode"], "yes" if info["sync_triggers"] else "no",
+                _fmt_int(info["rows_total"]), pending, _fmt_int(info["skipped"]), run, checked,
+                _fmt_when(info["verified_at"]),
             ]
         )
     if not out.json and rows:
         out.table(
             "fourstep status",
-            ["key", "phase", "mode", "rows", "pending", "skipped", "backfill", "verify",
-             "verified at"],
+            ["key", "phase", "mode", "triggers", "rows", "pending", "skipped", "backfill",
+             "verify", "verified at"],
             rows,
         )
     return code

@@ -417,6 +417,7 @@ def test_verify_ok_then_tampered(db: Db) -> None:
     assert python_bad.one("verify")["sample_keys"] == [[9]]
 
     status = fourstep(db, "status", USERS).one("status")
+    assert status["sync_triggers"] is False  # this table has none
     assert status["verify_ok"] is False and status["verified_at"] is not None
     assert (status["verify_missing"], status["verify_mismatched"]) == (1, 1)
     assert status["verify_total"] == N_USERS
