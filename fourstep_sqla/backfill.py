@@ -136,6 +136,8 @@ class BackfillReport:
     batch_seconds: list[float] = field(default_factory=list)
     #: a repair (``repair=True``): rows whose places disagreed were rewritten
     repair: bool = False
+    #: step 4 is done: the old column(s) are dropped, there is nothing to fill
+    dropped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -162,6 +164,19 @@ def _job(
     )
 
 
+def _dropped(bind: Engine | Connection, spec: PhasedSpec) -> bool:
+    from .places import old_place_dropped
+
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return old_place_dropped(conn, spec)
+    try:
+        return old_place_dropped(bind, spec)
+    finally:
+        if bind.in_transaction():
+            bind.rollback()
+
+
 def _synced(conn: Connection, spec: PhasedSpec) -> bool:
     """Whether the sync triggers of ``spec`` are installed (read-only)."""
     from .triggers import installed
@@ -185,6 +200,8 @@ def pending_count(
     spec = resolve(attribute_or_key)
     if spec.table is None:
         raise BackfillError(f"{spec.describe()} is not mapped yet; import its model first")
+    if _dropped(bind, spec):
+        return 0
     job = _job(bind, spec, "stop", repair)
     if isinstance(bind, Engine):
         with bind.connect() as conn:
@@ -250,6 +267,10 @@ def backfill(
             f"inside an Alembic migration use op.backfill() (which runs in an "
             f"autocommit block)."
         )
+    if _dropped(bind, spec):
+        log.info("%s: step 4 done: old column(s) dropped; nothing to backfill", spec.key)
+        return BackfillReport(key=spec.key, mode="sql" if spec.forward.has_sql else "python",
+                              repair=repair, complete=True, dry_run=dry_run, dropped=True)
     job = _job(bind, spec, on_error, repair)
     report = BackfillReport(key=spec.key, mode=job.mode, repair=repair)
     owned = isinstance(bind, Engine)

@@ -88,9 +88,11 @@ On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
   rows_updated, batches, rows_pending_at_start, elapsed, rows_per_second,
   eta_seconds, batch_size, last_batch_ms;
 - ``done`` (backfill, one per attribute): key, mode, rows_updated, batches,
-  seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run, repair;
+  seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run, repair,
+  dropped (step 4 done: nothing to fill);
 - ``verify``: key, ok, total, missing, mismatched, sample_keys, lossy, lossy_keys,
-  unstable, unstable_keys, synced, seconds, mode, notes (what to do, one line each);
+  unstable, unstable_keys, synced, seconds, mode, dropped (step 4 done), notes (what
+  to do, one line each);
 - ``error``: key, error (a backfill or verification that failed).
 
 Primary keys are shown as JSON arrays, one item per key column.
@@ -770,7 +772,11 @@ def _report_done(out: _Output, report: BackfillReport) -> None:
             budget_exhausted=report.budget_exhausted,
             dry_run=report.dry_run,
             repair=report.repair,
+            dropped=report.dropped,
         )
+        return
+    if report.dropped:
+        out.text(f"{report.key}: step 4 done: old column(s) dropped; nothing to backfill")
         return
     if report.dry_run:
         out.text(
@@ -882,8 +888,12 @@ def _cmd_verify(ctx: _Context) -> int:
                 synced=result.synced,
                 seconds=round(result.seconds, 3),
                 mode=result.mode,
+                dropped=result.dropped,
                 notes=_verify_notes(result),
             )
+            continue
+        if result.dropped:
+            notes.append(f"{result.key}: step 4 done: old column(s) dropped; nothing to verify")
             continue
         sample = ", ".join(json.dumps(list(k), default=_jsonable) for k in result.sample_keys)
         rows.append(
@@ -894,13 +904,14 @@ def _cmd_verify(ctx: _Context) -> int:
             ]
         )
         notes.extend(_verify_notes(result))
-    if not out.json and rows:
-        out.table(
-            "fourstep verify",
-            ["key", "result", "rows", "missing", "mismatched", "lossy", "unstable",
-             "sample keys", "time"],
-            rows,
-        )
+    if not out.json:
+        if rows:
+            out.table(
+                "fourstep verify",
+                ["key", "result", "rows", "missing", "mismatched", "lossy", "unstable",
+                 "sample keys", "time"],
+                rows,
+            )
         for note in notes:
             out.text(note)
     return code
@@ -909,6 +920,8 @@ def _cmd_verify(ctx: _Context) -> int:
 def _verify_notes(result: VerifyResult) -> list[str]:
     """What to do about what verify found, one line each."""
     notes = []
+    if result.dropped:
+        return [f"{result.key}: step 4 done: old column(s) dropped; nothing to verify"]
 
     def keys(found: Sequence[Sequence[Any]]) -> str:
         return ", ".join(json.dumps(list(k), default=_jsonable) for k in found)

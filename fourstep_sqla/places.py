@@ -123,6 +123,19 @@ class SQLPlaces:
         return inner, and_(~all_null(new), row_differs(new, again))
 
 
+def old_place_dropped(conn: Any, spec: PhasedSpec) -> bool:
+    """Whether step 4 is done: an old column of ``spec`` is no longer in its table."""
+    from sqlalchemy import inspect
+
+    table = spec.table
+    assert table is not None
+    inspector = inspect(conn)
+    if not inspector.has_table(table.name, schema=table.schema):
+        return False
+    present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+    return any(c.name not in present for c in spec.old_columns)
+
+
 def compare_values(
     spec: PhasedSpec, old: Sequence[Any], new: Sequence[Any], synced: bool, key: Any = None
 ) -> str | None:

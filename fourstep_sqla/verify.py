@@ -81,6 +81,8 @@ class VerifyResult:
     #: the sync triggers keep both places in step (rows with an empty old place
     #: were compared too)
     synced: bool = False
+    #: step 4 is done: the old column(s) are dropped, there is nothing to compare
+    dropped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -250,6 +252,14 @@ def verify(
     owned = isinstance(bind, Engine)
     conn = bind.connect() if isinstance(bind, Engine) else bind
     try:
+        from .places import old_place_dropped
+
+        if old_place_dropped(conn, spec):
+            if owned:
+                conn.rollback()
+            log.info("%s: step 4 done: old column(s) dropped; nothing to verify", spec.key)
+            return VerifyResult(key=spec.key, mode="sql", dropped=True,
+                                seconds=time.monotonic() - started)
         if synced is None:
             from .triggers import installed
 

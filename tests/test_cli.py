@@ -452,6 +452,25 @@ def test_repair_fixes_what_verify_found(db: Db) -> None:
         )
 
 
+def test_after_the_drop_step_4_is_done(db: Db) -> None:
+    """The old column dropped (the model still declares it, at step 4): nothing to
+    fill or compare, said as such, exit 0."""
+    seed_users(db.engine, 50)
+    assert fourstep(db, "backfill", USERS).returncode == 0
+    with db.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE users DROP COLUMN name"))
+    for command_ in ("backfill", "verify"):
+        result = fourstep(db, command_, USERS)
+        assert result.returncode == 0, str(result)
+        assert "Traceback" not in result.stderr
+        event = result.one("done" if command_ == "backfill" else "verify")
+        assert event["dropped"] is True
+    text_out = run_cli(db.path, "verify", USERS, url=db.url)
+    assert "step 4 done: old column(s) dropped" in text_out.stdout
+    status = fourstep(db, "status", USERS).one("status")
+    assert status["note"] == "old column(s) dropped"
+
+
 # -- 4: time budget ----------------------------------------------------------------------
 def test_time_budget_then_resume(db: Db) -> None:
     seed_users(db.engine, N_USERS)

@@ -568,6 +568,7 @@ def _drop_columns(
                 for ix in inspector.get_indexes(operation.table_name, schema=operation.schema)
                 if ix["name"] and names.intersection(c for c in ix["column_names"] if c)
             ]
+        _clear_batch_copy(operations, operation.table_name)
         with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
             for index in indexes:
                 batch.drop_index(index)
@@ -610,12 +611,42 @@ def _drop_columns(
     run_ddl(operations.get_bind(), f"{operation.key}: {what}", drop, lock_policy(operations))
 
 
+def _clear_batch_copy(operations: Operations, table_name: str) -> None:
+    """SQLite: the copy a batch operation killed midway left behind (outside a
+    transaction pysqlite runs DDL one statement at a time) would fail every
+    later run with "table _alembic_tmp_... already exists"."""
+    if operations.get_context().as_sql:
+        return
+    from sqlalchemy import inspect
+
+    leftover = f"_alembic_tmp_{table_name}"
+    conn = operations.get_bind()
+    if inspect(conn).has_table(leftover):
+        log.warning("dropping %s, left behind by a table copy that was stopped", leftover)
+        conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(leftover)}")
+
+
 @Operations.implementation_for(RestoreOldOp)
 def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
     context = operations.get_context()
     backward = frozen_transform("backward", operation.old_names, operation.backward_sql,
                                 operation.backward)
+    present: set[str] = set()
+    if not context.as_sql:
+        from sqlalchemy import inspect
+
+        # a restore killed or failed after its columns were added: run it again
+        present = {
+            c["name"]
+            for c in inspect(operations.get_bind()).get_columns(
+                operation.table_name, schema=operation.schema
+            )
+        }
     for col in operation.old:
+        if col.name in present:
+            log.info("%s: %s is there already (an earlier restore); restoring its values",
+                     operation.key, col.name)
+            continue
         # a fresh Column per run; nullable, as step 1 relaxed it
         restored = Column(col.name, col.type, nullable=True, server_default=col.server_default)
         if context.dialect.name == "sqlite" or context.as_sql:
@@ -730,6 +761,9 @@ class RestoreOldNotNullOp(RelaxOldNotNullOp):
 def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullable: bool) -> None:
     context = operations.get_context()
     if context.dialect.name == "sqlite":
+        if not context.as_sql:
+            rules_for(operations.get_bind()).hold_writes(operations.get_bind())
+        _clear_batch_copy(operations, operation.table_name)
         with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
             for name in operation.columns:
                 batch.alter_column(name, nullable=nullable, existing_type=operation.existing_type)
