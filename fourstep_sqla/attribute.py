@@ -560,9 +560,11 @@ class PhasedSpec:
             f"{', '.join(self.old)} and {', '.join(self.new)} in step for writers outside "
             f"this ORM model (the previous release during a rollout, raw SQL, Core "
             f"statements, other services): their writes of one place leave the other stale "
-            f"until `fourstep verify` finds them, and the drop gate compares in Python. "
-            f"Give the transform(s) sql=..., or, when every writer goes through this model, "
-            f"ignore fourstep_sqla.errors.NoSyncTriggersWarning.",
+            f"until `fourstep verify` finds them and `fourstep backfill --repair` fixes them "
+            f"(the step-1 revision installs write marks instead, so that the drop gate can "
+            f"tell step-4 writes from stale rows). Give the transform(s) sql=..., or, when "
+            f"every writer goes through this model, ignore "
+            f"fourstep_sqla.errors.NoSyncTriggersWarning.",
             NoSyncTriggersWarning,
             stacklevel=_caller_level(),
         )

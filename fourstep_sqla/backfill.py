@@ -154,13 +154,14 @@ def _job(
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             rules = rules_for(conn)
-            synced = _synced(conn, spec)
+            synced, marks = _synced(conn, spec)
     else:
         rules = rules_for(bind)
-        synced = _synced(bind, spec)
+        synced, marks = _synced(bind, spec)
     state_key = f"{spec.key}:repair" if repair else spec.key
     return make_job(
-        spec, keys, rules, state_key=state_key, on_error=on_error, repair=repair, synced=synced
+        spec, keys, rules, state_key=state_key, on_error=on_error, repair=repair, synced=synced,
+        marks=marks,
     )
 
 
@@ -177,12 +178,14 @@ def _dropped(bind: Engine | Connection, spec: PhasedSpec) -> bool:
             bind.rollback()
 
 
-def _synced(conn: Connection, spec: PhasedSpec) -> bool:
-    """Whether the sync triggers of ``spec`` are installed (read-only)."""
+def _synced(conn: Connection, spec: PhasedSpec) -> tuple[bool, str | bool | None]:
+    """Whether the sync triggers of ``spec`` are installed, and where its write
+    marks live (False: none), read-only."""
     from .triggers import installed
+    from .verify import written_marks
 
     try:
-        return installed(conn, spec)
+        return installed(conn, spec), written_marks(conn, spec)
     finally:
         if conn.in_transaction():
             conn.rollback()

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column
@@ -569,9 +569,12 @@ class PythonRepair(PythonFill):
 
     kind = "repair"
 
-    def __init__(self, *args: Any, synced: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, synced: bool, marks: str | bool | None = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.synced = synced
+        self.marks = marks
 
     def pending(self, with_forward: bool = True) -> ColumnElement[bool]:
         spec = self.spec
@@ -581,10 +584,19 @@ class PythonRepair(PythonFill):
 
     def read(self, conn: Connection, lower: Key | None, hi: Key) -> list[Any]:
         spec = self.spec
+        where = [self.keys.between(lower, hi), self.pending()]
+        if self.marks is not False:
+            from .marks import new_written_last
+
+            # rows whose new place was written last, alone (step-4 code): the truth
+            home = self.marks if isinstance(self.marks, str) else None
+            side = new_written_last(home, self.state_key.removesuffix(":repair"),
+                                    self.keys.columns)
+            where.append(or_(side.is_(None), side != "new"))
         return list(
             conn.execute(
                 select(*self.keys.columns, *spec.old_columns, *spec.new_columns)
-                .where(self.keys.between(lower, hi), self.pending())
+                .where(*where)
                 .order_by(*self.keys.order_by())
             ).all()
         )
@@ -676,19 +688,25 @@ def make_job(
     on_error: OnError,
     repair: bool = False,
     synced: bool = False,
+    marks: str | bool | None = False,
 ) -> Job:
-    """The job for ``spec``: SQL where the transforms it needs have SQL forms."""
+    """The job for ``spec``: SQL where the transforms it needs have SQL forms.
+
+    ``marks``: where its write marks live (:mod:`fourstep_sqla.marks`), False
+    when it has none; a repair leaves alone the rows whose new place was
+    written last.
+    """
     options: dict[str, Any] = {"state_key": state_key, "on_error": on_error}
     job: Job
     if repair:
-        if spec.forward.has_sql and spec.backward.has_sql:
+        if spec.forward.has_sql and spec.backward.has_sql and marks is False:
             job = SQLRepair(spec, keys, rules, synced=synced, **options)
         else:
-            job = PythonRepair(spec, keys, rules, synced=synced, **options)
+            job = PythonRepair(spec, keys, rules, synced=synced, marks=marks, **options)
     elif spec.forward.has_sql:
         job = SQLFill(spec, keys, rules, **options)
     else:
         job = PythonFill(spec, keys, rules, **options)
-    if synced:
+    if synced or marks is not False:
         job.trigger_key = spec.key.removesuffix(":restore")
     return job

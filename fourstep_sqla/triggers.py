@@ -248,7 +248,7 @@ class _Renderer:
         an INSERT that left it out, as step-4 code does."""
         parts = []
         for ref, column in zip(old, self.t.old):
-            default = _default_of(column)
+            default = default_of(column)
             if default is None:
                 parts.append(ref.is_(None))
             else:
@@ -530,7 +530,7 @@ def never_fails(transform: Any) -> bool:
     return builtin is not None and builtin[0] in ("identity", "split", "join")
 
 
-def _default_of(column: Column[Any]) -> Any:
+def default_of(column: Column[Any]) -> Any:
     """An old column's server default as an expression, or None."""
     arg = getattr(column.server_default, "arg", None)
     if arg is None:
@@ -556,103 +556,6 @@ def _renderer(dialect: Dialect, triggers: SyncTriggers) -> _Renderer:
     )
 
 
-# -- the drop guard (PostgreSQL, without sync triggers) -----------------------------------
-GUARD_TABLE = "fourstep_guard"
-
-
-@dataclass(frozen=True)
-class DropGuard:
-    """Records the keys of rows whose old place is written while a drop gate runs.
-
-    Without sync triggers nothing carries a write of the old place into the
-    new one between the gate's scan and the DROP. The guard, a small trigger
-    committed before the gate starts, notes the primary key of every row
-    inserted or whose old column(s) are assigned into ``fourstep_guard``; under
-    the DROP's lock, only those rows are compared again, and any that would
-    lose data makes the drop refuse. PostgreSQL only (SQLite holds its write
-    lock from the gate to the DROP).
-    """
-
-    key: str
-    table_name: str
-    schema: str | None
-    old: tuple[str, ...]
-    primary_key: tuple[Column[Any], ...]
-    #: where the guard's table and function live (the table's schema, or the
-    #: current one when it names none)
-    home: str | None = None
-
-    @classmethod
-    def of(cls, conn: Connection, key: str, table: Table, old: Sequence[str]) -> DropGuard:
-        home = table.schema or conn.exec_driver_sql("SELECT current_schema()").scalar_one()
-        return cls(key, table.name, table.schema, tuple(old),
-                   tuple(table.primary_key.columns), home)
-
-    def _q(self, dialect: Dialect, name: str) -> str:
-        prep = dialect.identifier_preparer
-        if self.home:
-            return f"{prep.quote_schema(self.home)}.{prep.quote(name)}"
-        return str(prep.quote(name))
-
-    def table(self, dialect: Dialect) -> str:
-        """The guarded table's quoted name."""
-        prep = dialect.identifier_preparer
-        name = prep.quote(self.table_name)
-        return f"{prep.quote_schema(self.schema)}.{name}" if self.schema else str(name)
-
-    def create(self, dialect: Dialect) -> list[str]:
-        prep = dialect.identifier_preparer
-        guard = self._q(dialect, GUARD_TABLE)
-        function = self._q(dialect, f"{_slug(self.key)}_guard")
-        trigger = prep.quote(f"{_slug(self.key)}_guard")
-        key = str(literal(self.key).compile(dialect=dialect,
-                                            compile_kwargs={"literal_binds": True}))
-        row_key = ", ".join(f"NEW.{prep.quote(c.name)}" for c in self.primary_key)
-        old = ", ".join(prep.quote(n) for n in self.old)
-        return [
-            f"CREATE TABLE IF NOT EXISTS {guard} (key VARCHAR(255) NOT NULL, "
-            f"row_key TEXT NOT NULL, PRIMARY KEY (key, row_key))",
-            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
-            f"$fourstep$ BEGIN INSERT INTO {guard} (key, row_key) VALUES ({key}, "
-            f"json_build_array({row_key})::text) ON CONFLICT DO NOTHING; RETURN NULL; END "
-            f"$fourstep$",
-            f"DROP TRIGGER IF EXISTS {trigger} ON {self.table(dialect)}",
-            f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OF {old} ON "
-            f"{self.table(dialect)} FOR EACH ROW EXECUTE FUNCTION {function}()",
-        ]
-
-    def drop(self, dialect: Dialect) -> list[str]:
-        prep = dialect.identifier_preparer
-        guard = self._q(dialect, GUARD_TABLE)
-        key = str(literal(self.key).compile(dialect=dialect,
-                                            compile_kwargs={"literal_binds": True}))
-        return [
-            f"DROP TRIGGER IF EXISTS {prep.quote(_slug(self.key) + '_guard')} ON "
-            f"{self.table(dialect)}",
-            f"DROP FUNCTION IF EXISTS {self._q(dialect, _slug(self.key) + '_guard')}()",
-            f"DELETE FROM {guard} WHERE key = {key}",
-        ]
-
-    def written(self, table: Table) -> ColumnElement[bool]:
-        """The rows the guard noted: primary key IN (the recorded keys)."""
-        from sqlalchemy import cast, select, tuple_
-        from sqlalchemy import column as column_clause
-        from sqlalchemy import table as table_clause
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        guard = table_clause(GUARD_TABLE, column_clause("key"), column_clause("row_key"),
-                             schema=self.home)
-        keys = [table.c[c.name] for c in self.primary_key]
-        parts = [
-            cast(cast(guard.c.row_key, JSONB)[i].astext, c.type)
-            for i, c in enumerate(keys)
-        ]
-        recorded = select(*parts).where(guard.c.key == self.key)
-        target: Any = keys[0] if len(keys) == 1 else tuple_(*keys)
-        condition: ColumnElement[bool] = target.in_(recorded)
-        return condition
-
-
 # -- what the database has --------------------------------------------------------------
 def installed(conn: Connection, spec: PhasedSpec) -> bool:
     """Whether every sync trigger of ``spec`` (a PhasedSpec) exists on its table."""
@@ -667,7 +570,12 @@ def triggers_present(conn: Connection, key: str, table_name: str, schema: str | 
     name = conn.dialect.name
     if name not in ("postgresql", "sqlite", "mysql", "mariadb"):
         return False
-    expected = set(trigger_names(key, name))
+    return set(trigger_names(key, name)) <= triggers_on(conn, table_name, schema)
+
+
+def triggers_on(conn: Connection, table_name: str, schema: str | None) -> set[str]:
+    """The names of the (user) triggers on ``table_name``."""
+    name = conn.dialect.name
     if name == "postgresql":
         prep = conn.dialect.identifier_preparer
         qualified = prep.quote(table_name)
@@ -685,7 +593,7 @@ def triggers_present(conn: Connection, key: str, table_name: str, schema: str | 
             text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
             {"t": table_name},
         ).scalars()
-    else:
+    elif name in ("mysql", "mariadb"):
         rows = conn.execute(
             text(
                 "SELECT trigger_name FROM information_schema.triggers WHERE "
@@ -693,7 +601,9 @@ def triggers_present(conn: Connection, key: str, table_name: str, schema: str | 
             ),
             {"t": table_name, "s": schema},
         ).scalars()
-    return expected <= set(rows)
+    else:
+        return set()
+    return set(rows)
 
 
 def from_table(

@@ -49,6 +49,7 @@ from .attribute import PhasedSpec
 from .dialects import first_line, rules_for
 from .errors import FourStepError
 from .keys import KeyRange, primary_key_of
+from .marks import new_written_last
 from .places import LOSSY, MISMATCHED, MISSING, SQLPlaces, compare_values, unstable_value
 from .registry import resolve
 from .state import encode_key, ensure_state_tables, now, state_table
@@ -91,7 +92,11 @@ class VerifyResult:
 
 
 class _Checker:
-    def __init__(self, spec: PhasedSpec, sample_size: int, synced: bool) -> None:
+    def __init__(
+        self, spec: PhasedSpec, sample_size: int, synced: bool, marks: str | bool | None = None
+    ) -> None:
+        #: the write marks' home (see :mod:`fourstep_sqla.marks`), False: none
+        self.marks = marks
         self.spec = spec
         table = spec.table
         assert table is not None
@@ -100,7 +105,7 @@ class _Checker:
         self.sample_size = sample_size
         self.synced = synced
         sql = spec.forward.has_sql and spec.backward.has_sql
-        self.mode = "sql" if sql else "python"
+        self.mode = "sql" if sql and marks is False else "python"
 
     def _sample(self, found: list[Key], keys: Any) -> None:
         wanted = self.sample_size - len(found)
@@ -196,18 +201,24 @@ class _Checker:
         spec = self.spec
         width = len(self.keys.columns)
         n_old = len(spec.old_columns)
+        n_new = len(spec.new_columns)
+        columns: list[Any] = [*self.keys.columns, *spec.old_columns, *spec.new_columns]
+        if self.marks is not False:
+            home = self.marks if isinstance(self.marks, str) else None
+            columns.append(new_written_last(home, spec.key, self.keys.columns))
         rows = conn.execute(
-            select(*self.keys.columns, *spec.old_columns, *spec.new_columns)
-            .where(in_range)
-            .order_by(*self.keys.order_by())
+            select(*columns).where(in_range).order_by(*self.keys.order_by())
         )
         for row in rows:
             result.total += 1
             key = tuple(row[:width])
             old = tuple(row[width : width + n_old])
-            new = tuple(row[width + n_old :])
+            new = tuple(row[width + n_old : width + n_old + n_new])
             category = compare_values(spec, old, new, self.synced, key)
             if category is None:
+                continue
+            if category in (MISSING, MISMATCHED) and self.marks is not False and row[-1] == "new":
+                # the new place was written last, alone (step-4 code): it is the truth
                 continue
             if category in (MISSING, MISMATCHED):
                 if category == MISSING:
@@ -264,7 +275,7 @@ def verify(
             from .triggers import installed
 
             synced = installed(conn, spec)
-        checker = _Checker(spec, sample_size, synced)
+        checker = _Checker(spec, sample_size, synced, written_marks(conn, spec))
         result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
         upper = checker.keys.last_key(conn)
         lower: Key | None = None
@@ -302,13 +313,26 @@ def verify_rows(
 ) -> VerifyResult:
     """Sort only the rows ``where`` selects, in one statement, read-only: what the
     drop re-checks under its lock for the rows written while the gate ran."""
-    checker = _Checker(spec, sample_size, synced)
+    checker = _Checker(spec, sample_size, synced, written_marks(conn, spec))
     result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
     if checker.mode == "sql":
         checker.check_sql(conn, where, result)
     else:
         checker.check_python(conn, where, result)
     return result
+
+
+def written_marks(conn: Connection, spec: PhasedSpec) -> str | bool | None:
+    """The home of ``spec``'s write marks (None: the default schema), or False
+    when it has none."""
+    from .marks import home_of, marks_present
+
+    table = spec.table
+    assert table is not None
+    key = spec.key.removesuffix(":restore")
+    if not marks_present(conn, key, table.name, table.schema):
+        return False
+    return home_of(conn, table.schema)
 
 
 def _record(conn: Connection, spec: PhasedSpec, result: VerifyResult) -> None:

@@ -89,6 +89,19 @@ class Person(Base):
     )
 '''
 
+PYTHON_MODELS = MODELS.replace(
+    "from fourstep_sqla import Phase, Transform, phased\n",
+    "from fourstep_sqla import Phase, Transform, phased\n\n\n"
+    "def python_split(name):\n"
+    "    first, _, last = name.partition(' ')\n"
+    "    return first or None, last or None\n\n\n"
+    "def python_join(first, last):\n"
+    "    parts = [p for p in (first, last) if p is not None]\n"
+    "    return ' '.join(parts) if parts else None\n",
+).replace('Transform.split(" ")', "Transform(python_split)").replace(
+    'Transform.join(" ")', "Transform(python_join)"
+)
+
 MAPPED = 'legacy_name: Mapped[str | None] = mapped_column("name", String(80))'
 UNMAPPED = 'legacy_name: Unmapped[str | None] = unmapped_column("name", String(80))'
 KEY = "people.full_name"
@@ -129,13 +142,13 @@ class Project:
                 "(1, 'Ada Lovelace'), (2, 'Cher'), (3, 'Alan Mathison Turing')"
             ))
 
-    def models(self, phase: str, old: str = MAPPED) -> Any:
+    def models(self, phase: str, old: str = MAPPED, template: str = MODELS) -> Any:
         import importlib
         import sys
 
         self.count += 1
         name = f"trg_models_{self.token}_{self.count}"
-        (self.models_dir / f"{name}.py").write_text(MODELS.format(phase=phase, old=old))
+        (self.models_dir / f"{name}.py").write_text(template.format(phase=phase, old=old))
         self.config.attributes["models"] = name
         if str(self.models_dir) not in sys.path:
             sys.path.insert(0, str(self.models_dir))
@@ -636,3 +649,36 @@ def test_alembic_check_reports_pending_fourstep_operations(
             assert name in message and KEY in message, message
         project.autogenerate()
         command.check(project.config)  # nothing left: no error
+
+
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_python_only_transforms_get_write_marks(engine: Engine, tmp_path: Path) -> None:
+    """No SQL form, so no sync triggers: the write marks let the drop go ahead after
+    step-4 code updated rows through the attribute, and still refuse a row an
+    old-only writer left stale."""
+    project = Project(tmp_path, engine)
+    project.models("WRITE_BOTH", template=PYTHON_MODELS)
+    up, down = project.autogenerate()
+    assert "op.create_write_marks(" in up and "op.create_sync_triggers" not in up
+    assert "op.drop_write_marks(" in down
+    project.models("STOP_READ_OLD", template=PYTHON_MODELS)
+    up, _ = project.autogenerate()
+    assert "forward='trg_models_" in up and ":python_split'" in up
+    step4 = project.models("STOP_WRITE_OLD", old=UNMAPPED, template=PYTHON_MODELS)
+    with Session(engine) as session:  # step-4 code: the new place only
+        session.get(step4.Person, 1).full_name = ("Augusta", "King")
+        session.commit()
+    project.run("UPDATE people SET name = 'Cher Bono' WHERE id = 2")  # a stale new place
+    with pytest.raises(DropRefusedError) as refused:
+        project.autogenerate()
+    assert "(2,)" in str(refused.value) and "(1,)" not in str(refused.value)
+    project.last.unlink()
+    backfill(engine, get(KEY), repair=True)
+    up, down = project.autogenerate()
+    assert "sync_triggers=True" in down
+    assert project.rows() == [(1, "Augusta", "King"), (2, "Cher", "Bono"),
+                              (3, "Alan", "Mathison Turing")]
+    command.downgrade(project.config, "-1")
+    assert [r[:2] for r in project.rows()] == [
+        (1, "Augusta King"), (2, "Cher Bono"), (3, "Alan Mathison Turing")
+    ]

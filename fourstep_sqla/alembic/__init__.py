@@ -34,22 +34,31 @@ from .ops import (
     RestoreOldNotNullOp,
     RestoreOldOp,
 )
-from .trigger_ops import CreateSyncTriggersOp, DropSyncTriggersOp
+from .trigger_ops import (
+    CreateSyncTriggersOp,
+    CreateWriteMarksOp,
+    DropSyncTriggersOp,
+    DropWriteMarksOp,
+)
 
 __all__ = [
     "BackfillOp",
     "CreateSyncTriggersOp",
+    "CreateWriteMarksOp",
     "DropOldOp",
     "DropRefusedError",
     "DropSyncTriggersOp",
+    "DropWriteMarksOp",
     "RecordPhaseOp",
     "RelaxOldNotNullOp",
     "RestoreOldNotNullOp",
     "RestoreOldOp",
     "backfill",
     "create_sync_triggers",
+    "create_write_marks",
     "drop_old",
     "drop_sync_triggers",
+    "drop_write_marks",
     "record_phase",
     "relax_old_not_null",
 ]
@@ -153,3 +162,31 @@ def record_phase(
     from alembic import op
 
     op.invoke(RecordPhaseOp(key, table_name, phase, previous, schema))
+
+
+def create_write_marks(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[Column[Any] | str],
+    new: Sequence[Column[Any] | str],
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.create_write_marks(...)``."""
+    from alembic import op
+
+    op.invoke(CreateWriteMarksOp(key, table_name, old, new, schema))
+
+
+def drop_write_marks(
+    key: str,
+    table_name: str,
+    *,
+    old: Sequence[Column[Any] | str],
+    new: Sequence[Column[Any] | str],
+    schema: str | None = None,
+) -> None:
+    """Typed ``op.drop_write_marks(...)``."""
+    from alembic import op
+
+    op.invoke(DropWriteMarksOp(key, table_name, old, new, schema))

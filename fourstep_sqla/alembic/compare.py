@@ -9,7 +9,8 @@ table):
   ``op.relax_old_not_null`` (replacing Alembic's own ``alter_column`` on that
   column, and never emitting one back while the model declares it NOT NULL);
 - steps 1-3, both transforms with a SQL form, the sync triggers not in the
-  database: ``op.create_sync_triggers``, after the new columns (opt out with
+  database: ``op.create_sync_triggers``, after the new columns; for a
+  Python-only transform ``op.create_write_marks`` instead (opt out of both with
   ``context.configure(fourstep_sync_triggers=False)``);
 - phase reached ``STOP_READ_OLD`` and the backfill not recorded: ``op.backfill``;
 - ``STOP_WRITE_OLD`` with the old column still in the database: ``op.drop_old``;
@@ -33,12 +34,13 @@ from alembic.util.langhelpers import DispatchPriority
 from sqlalchemy import MetaData, inspect
 
 from ..attribute import PhasedSpec
+from ..marks import GUARD_TABLE, MARKS_TABLE, marks_present
 from ..phase import Phase
 from ..registry import all_specs
 from ..state import STATE_METADATA, read_state
-from ..triggers import GUARD_TABLE, SQLITE_MARKER, triggers_present
+from ..triggers import SQLITE_MARKER, triggers_present
 from .ops import RelaxOldNotNullOp
-from .render import backfill_op, drop_old_op, sync_triggers_op
+from .render import backfill_op, drop_old_op, sync_triggers_op, write_marks_op
 from .trigger_ops import sync_triggers_enabled
 
 __all__ = ["fourstep_operations"]
@@ -48,6 +50,7 @@ log = logging.getLogger("fourstep_sqla.alembic.compare")
 STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables) | {
     SQLITE_MARKER,
     GUARD_TABLE,
+    MARKS_TABLE,
 }
 
 
@@ -144,10 +147,10 @@ def fourstep_operations(
             and sync_triggers_enabled(autogen_context.migration_context)
         )
         synced = triggers_present(connection, spec.key, table.name, table.schema)
-        if triggers_wanted and not synced:
-            triggers = sync_triggers_op(spec, dialect)
-            if triggers is not None:
-                emitted.append(triggers)
+        marked = marks_present(connection, spec.key, table.name, table.schema)
+        if triggers_wanted and not synced and not marked:
+            # the sync triggers, or for Python-only transforms the write marks
+            emitted.append(sync_triggers_op(spec, dialect) or write_marks_op(spec))
         state = read_state(connection, spec.key)
         backfilled = state is not None and state.backfilled
         new_in_db = all(n in columns for n in spec.new_column_names)
@@ -156,7 +159,7 @@ def fourstep_operations(
         if spec.phase is Phase.STOP_WRITE_OLD and new_in_db:
             # the downgrade creates the triggers again only if the database has them:
             # the step-1 revision that made them also drops them on its own downgrade
-            emitted.append(drop_old_op(spec, dialect, sync_triggers=synced))
+            emitted.append(drop_old_op(spec, dialect, sync_triggers=synced or marked))
     upgrade_ops.ops.extend(emitted)
     return emitted
 

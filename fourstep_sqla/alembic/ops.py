@@ -46,10 +46,11 @@ from ..dialects import rules_for
 from ..errors import FourStepError
 from ..frozen import frozen_transform
 from ..keys import all_null, any_not_null
+from ..marks import DropGuard, WriteMarks, marks_present
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
-from ..triggers import DropGuard, SyncTriggers, from_table, placed, triggers_present
+from ..triggers import SyncTriggers, from_table, placed, triggers_present
 from ..verify import verify
 
 __all__ = [
@@ -454,13 +455,22 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
         # a write that commits between the gate and the DROP is carried into the new
         # place by the sync triggers, which are dropped in the DROP's own transaction;
         # without them the guard noted its row, compared again under the DROP's lock
-        _drop_columns(operations, operation, operation.triggers(conn, table), guard, table)
+        _drop_columns(operations, operation, operation.triggers(conn, table), guard, table,
+                      _marks_statements(conn, operation, table))
     except BaseException:
         if guard is not None:
             _remove_guard(operations, guard)
         raise
     record_phase(operations.get_bind(), operation.key, operation.table_name,
                  Phase.STOP_WRITE_OLD)
+
+
+def _marks_statements(conn: Any, operation: _OldColumnsOp, table: Table) -> list[str]:
+    """Dropping the write marks (and forgetting them), when the table has them."""
+    if not marks_present(conn, operation.key, table.name, table.schema):
+        return []
+    marks = WriteMarks.of(conn, operation.key, table, operation.old_names, operation.new)
+    return marks.drop(conn.dialect) + marks.clear(conn.dialect)
 
 
 def _install_guard(
@@ -544,12 +554,14 @@ def _drop_columns(
     triggers: SyncTriggers | None,
     guard: DropGuard | None = None,
     table: Table | None = None,
+    also: Sequence[str] = (),
 ) -> None:
-    """Drop the sync triggers (or the guard) and the old column(s), in one lock-safe
-    transaction."""
+    """Drop the sync triggers (or the guard), the statements ``also`` (the write
+    marks) and the old column(s), in one lock-safe transaction."""
     context = operations.get_context()
     dialect = context.dialect
     drop_triggers = triggers.drop(dialect) if triggers is not None else []
+    drop_triggers = [*drop_triggers, *also]
     if dialect.name == "sqlite":
         # SQLite's DROP COLUMN refuses indexed, unique, view- or trigger-referenced
         # columns: batch mode copies the table instead
@@ -677,9 +689,16 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
         if sync_triggers_enabled(operations):
             # before the restore: a step-4 writer meanwhile gets its old place too
             bind = operations.get_bind()
-            triggers = operation.triggers(bind, operation.reflect(bind))
-            run_statements(operations, operation.key, "create sync triggers",
-                           triggers.create(context.dialect))
+            reflected = operation.reflect(bind)
+            if operation.forward_sql and operation.backward_sql:
+                triggers = operation.triggers(bind, reflected)
+                run_statements(operations, operation.key, "create sync triggers",
+                               triggers.create(context.dialect))
+            else:  # Python-only transforms: the write marks they had
+                marks = WriteMarks.of(bind, operation.key, reflected, operation.old_names,
+                                      operation.new)
+                run_statements(operations, operation.key, "create write marks",
+                               marks.create(context.dialect))
     with context.autocommit_block():
         connection = context.connection
         assert connection is not None

@@ -40,9 +40,21 @@ from .ops import (
     RestoreOldNotNullOp,
     RestoreOldOp,
 )
-from .trigger_ops import CreateSyncTriggersOp, DropSyncTriggersOp
+from .trigger_ops import (
+    CreateSyncTriggersOp,
+    CreateWriteMarksOp,
+    DropSyncTriggersOp,
+    DropWriteMarksOp,
+)
 
-__all__ = ["backfill_op", "drop_old_op", "present_sql", "sync_triggers_op", "transform_sql"]
+__all__ = [
+    "backfill_op",
+    "drop_old_op",
+    "present_sql",
+    "sync_triggers_op",
+    "transform_sql",
+    "write_marks_op",
+]
 
 
 def _reference(spec: PhasedSpec, transform: Transform[Any], label: str) -> str | None:
@@ -101,6 +113,18 @@ def sync_triggers_op(spec: PhasedSpec, dialect: Dialect) -> CreateSyncTriggersOp
     )
 
 
+def write_marks_op(spec: PhasedSpec) -> CreateWriteMarksOp:
+    """The step-1 write marks for a ``spec`` whose transforms lack a SQL form."""
+    name, schema = _table_args(spec)
+    return CreateWriteMarksOp(
+        spec.key,
+        name,
+        old=list(spec.old_column_names),
+        new=list(spec.new_column_names),
+        schema=schema,
+    )
+
+
 def drop_old_op(spec: PhasedSpec, dialect: Dialect, sync_triggers: bool = False) -> DropOldOp:
     """The step-4 operation for ``spec``, frozen for ``dialect``; with
     ``sync_triggers`` (and SQL forms of both transforms) its reverse creates the
@@ -122,7 +146,7 @@ def drop_old_op(spec: PhasedSpec, dialect: Dialect, sync_triggers: bool = False)
         forward=_reference(spec, spec.forward, "forward"),
         backward=_reference(spec, spec.backward, "backward"),
         schema=schema,
-        sync_triggers=sync_triggers and spec.forward.has_sql and spec.backward.has_sql,
+        sync_triggers=sync_triggers,
     )
 
 
@@ -214,6 +238,21 @@ def _render_create_sync_triggers(autogen_context: AutogenContext, op: CreateSync
 @renderers.dispatch_for(DropSyncTriggersOp)
 def _render_drop_sync_triggers(autogen_context: AutogenContext, op: DropSyncTriggersOp) -> str:
     return _render_triggers_op("drop_sync_triggers", autogen_context, op)
+
+
+def _render_marks_op(name: str, autogen_context: AutogenContext, op: CreateWriteMarksOp) -> str:
+    return _render(name, autogen_context, [op.key, op.table_name],
+                   {"old": op.old, "new": op.new, "schema": op.schema})
+
+
+@renderers.dispatch_for(CreateWriteMarksOp)
+def _render_create_write_marks(autogen_context: AutogenContext, op: CreateWriteMarksOp) -> str:
+    return _render_marks_op("create_write_marks", autogen_context, op)
+
+
+@renderers.dispatch_for(DropWriteMarksOp)
+def _render_drop_write_marks(autogen_context: AutogenContext, op: DropWriteMarksOp) -> str:
+    return _render_marks_op("drop_write_marks", autogen_context, op)
 
 
 @renderers.dispatch_for(RecordPhaseOp)

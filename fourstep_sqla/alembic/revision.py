@@ -19,9 +19,10 @@ from sqlalchemy.engine import Dialect
 
 from ..attribute import PhasedSpec
 from ..errors import FourStepError
+from ..marks import marks_present
 from ..triggers import triggers_present
 from .ops import RecordPhaseOp, RelaxOldNotNullOp
-from .render import backfill_op, drop_old_op, sync_triggers_op
+from .render import backfill_op, drop_old_op, sync_triggers_op, write_marks_op
 from .trigger_ops import sync_triggers_enabled
 
 __all__ = ["step_operations", "write_revision"]
@@ -44,8 +45,9 @@ def step_operations(
     if table is None:
         raise FourStepError(f"{spec.describe()} is not mapped yet")
     enabled = sync_triggers_enabled({} if opts is None else opts)
-    synced = connection is not None and triggers_present(
-        connection, spec.key, table.name, table.schema
+    synced = connection is not None and (
+        triggers_present(connection, spec.key, table.name, table.schema)
+        or marks_present(connection, spec.key, table.name, table.schema)
     )
     if step == 1:
         return _step1(spec, dialect, connection, enabled and not synced)
@@ -87,9 +89,7 @@ def _step1(
             schema=table.schema,
         ))
     if triggers:
-        op = sync_triggers_op(spec, dialect)
-        if op is not None:
-            operations.append(op)
+        operations.append(sync_triggers_op(spec, dialect) or write_marks_op(spec))
     operations.append(RecordPhaseOp(spec.key, table.name, 1, 0, schema=table.schema))
     return operations
 

@@ -14,8 +14,13 @@ autogenerate writes ``sa.Column`` objects. On PostgreSQL every statement runs
 with a short ``lock_timeout`` and bounded retries (``CREATE TRIGGER`` takes a
 lock that blocks writes while it waits).
 
-``context.configure(fourstep_sync_triggers=False)`` in ``env.py`` opts out:
-autogenerate writes no such operation and an existing one does nothing.
+``op.create_write_marks(key, table_name, old, new)`` / ``op.drop_write_marks``
+    the same for a phased attribute whose transforms have no SQL form: the
+    write marks of :mod:`fourstep_sqla.marks`, which let the drop gate tell a
+    step-4 write from a stale row.
+
+``context.configure(fourstep_sync_triggers=False)`` in ``env.py`` opts out of
+both: autogenerate writes no such operation and an existing one does nothing.
 """
 
 from __future__ import annotations
@@ -29,10 +34,17 @@ from sqlalchemy import Column, MetaData, Table
 
 from ..ddl import run_ddl
 from ..errors import SyncTriggerError
+from ..marks import WriteMarks
 from ..triggers import SyncTriggers, from_table, placed
 from .ops import lock_policy
 
-__all__ = ["CreateSyncTriggersOp", "DropSyncTriggersOp", "sync_triggers_enabled"]
+__all__ = [
+    "CreateSyncTriggersOp",
+    "CreateWriteMarksOp",
+    "DropSyncTriggersOp",
+    "DropWriteMarksOp",
+    "sync_triggers_enabled",
+]
 
 log = logging.getLogger("fourstep_sqla.alembic")
 
@@ -209,3 +221,105 @@ def _drop_sync_triggers(operations: Operations, operation: DropSyncTriggersOp) -
     if triggers is not None:
         run_statements(operations, operation.key, "drop sync triggers",
                        triggers.drop(operations.get_context().dialect))
+
+
+# -- write marks (Python-only transforms) ----------------------------------------------------
+@Operations.register_operation("create_write_marks")
+class CreateWriteMarksOp(MigrateOperation):
+    """Create the write marks of a phased attribute whose transforms have no SQL
+    form (see :mod:`fourstep_sqla.marks`)."""
+
+    def __init__(
+        self,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        schema: str | None = None,
+    ) -> None:
+        self.key, self.table_name, self.schema = key, table_name, schema
+        self.old, self.new = list(old), list(new)
+
+    @classmethod
+    def create_write_marks(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        schema: str | None = None,
+    ) -> None:
+        """Note, per row, which place was written last on its own, until the drop."""
+        operations.invoke(cls(key, table_name, old, new, schema))
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self.key, self.table_name, self.old, self.new, self.schema)
+
+    def reverse(self) -> MigrateOperation:
+        return DropWriteMarksOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_fourstep_write_marks", self.key, self.table_name)
+
+    def marks(self, operations: Operations) -> WriteMarks | None:
+        """The marks over the reflected table (online); None offline on SQLite."""
+        context = operations.get_context()
+        if not context.as_sql:
+            conn = operations.get_bind()
+            table = Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+            return WriteMarks.of(conn, self.key, table, _names(self.old), _names(self.new))
+        if context.dialect.name == "sqlite":
+            context.impl.static_output(
+                f"-- fourstep: the SQLite write marks of {self.key} are created and dropped "
+                f"online only (they look up the table's primary key)"
+            )
+            return None
+        raise SyncTriggerError(
+            f"{self.key}: the write marks are created online only: they need the table's "
+            f"primary key and column types"
+        )
+
+
+@Operations.register_operation("drop_write_marks")
+class DropWriteMarksOp(CreateWriteMarksOp):
+    """Drop the write marks of a phased attribute (those that exist)."""
+
+    @classmethod
+    def drop_write_marks(
+        cls,
+        operations: Operations,
+        key: str,
+        table_name: str,
+        old: Sequence[Column[Any] | str],
+        new: Sequence[Column[Any] | str],
+        schema: str | None = None,
+    ) -> None:
+        """Drop the write marks of ``key`` on ``table_name`` and forget its marks."""
+        operations.invoke(cls(key, table_name, old, new, schema))
+
+    def reverse(self) -> MigrateOperation:
+        return CreateWriteMarksOp(*self._args())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("remove_fourstep_write_marks", self.key, self.table_name)
+
+
+@Operations.implementation_for(CreateWriteMarksOp)
+def _create_write_marks(operations: Operations, operation: CreateWriteMarksOp) -> None:
+    if not sync_triggers_enabled(operations):
+        log.info("%s: write marks opted out (fourstep_sync_triggers=False)", operation.key)
+        return
+    marks = operation.marks(operations)
+    if marks is not None:
+        run_statements(operations, operation.key, "create write marks",
+                       marks.create(operations.get_context().dialect))
+
+
+@Operations.implementation_for(DropWriteMarksOp)
+def _drop_write_marks(operations: Operations, operation: DropWriteMarksOp) -> None:
+    marks = operation.marks(operations)
+    if marks is not None:
+        dialect = operations.get_context().dialect
+        run_statements(operations, operation.key, "drop write marks",
+                       marks.drop(dialect) + marks.clear(dialect))
