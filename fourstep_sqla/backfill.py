@@ -147,17 +147,20 @@ class BackfillReport:
 
 def _job(
     bind: Engine | Connection, spec: PhasedSpec, on_error: OnError, repair: bool
-) -> Job:
+) -> Job | None:
+    """The job for ``spec`` on this database, or None when step 4 is done (the old
+    column(s) dropped); one read-only look at the database."""
     table = spec.table
     assert table is not None
     keys = KeyRange(table, primary_key_of(table, spec.key))
     if isinstance(bind, Engine):
         with bind.connect() as conn:
-            rules = rules_for(conn)
-            synced, marks = _synced(conn, spec)
+            found = _look(conn, spec)
     else:
-        rules = rules_for(bind)
-        synced, marks = _synced(bind, spec)
+        found = _look(bind, spec)
+    if found is None:
+        return None
+    rules, synced, marks = found
     state_key = f"{spec.key}:repair" if repair else spec.key
     return make_job(
         spec, keys, rules, state_key=state_key, on_error=on_error, repair=repair, synced=synced,
@@ -165,27 +168,17 @@ def _job(
     )
 
 
-def _dropped(bind: Engine | Connection, spec: PhasedSpec) -> bool:
+def _look(conn: Connection, spec: PhasedSpec) -> tuple[Any, bool, str | bool | None] | None:
+    """The dialect rules, whether the sync triggers are installed and where the
+    write marks live (False: none); None when the old column(s) are gone."""
     from .places import old_place_dropped
-
-    if isinstance(bind, Engine):
-        with bind.connect() as conn:
-            return old_place_dropped(conn, spec)
-    try:
-        return old_place_dropped(bind, spec)
-    finally:
-        if bind.in_transaction():
-            bind.rollback()
-
-
-def _synced(conn: Connection, spec: PhasedSpec) -> tuple[bool, str | bool | None]:
-    """Whether the sync triggers of ``spec`` are installed, and where its write
-    marks live (False: none), read-only."""
     from .triggers import installed
     from .verify import written_marks
 
     try:
-        return installed(conn, spec), written_marks(conn, spec)
+        if old_place_dropped(conn, spec):
+            return None
+        return rules_for(conn), installed(conn, spec), written_marks(conn, spec)
     finally:
         if conn.in_transaction():
             conn.rollback()
@@ -203,9 +196,9 @@ def pending_count(
     spec = resolve(attribute_or_key)
     if spec.table is None:
         raise BackfillError(f"{spec.describe()} is not mapped yet; import its model first")
-    if _dropped(bind, spec):
-        return 0
     job = _job(bind, spec, "stop", repair)
+    if job is None:
+        return 0
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             return job.count_pending(conn)
@@ -270,11 +263,11 @@ def backfill(
             f"inside an Alembic migration use op.backfill() (which runs in an "
             f"autocommit block)."
         )
-    if _dropped(bind, spec):
+    job = _job(bind, spec, on_error, repair)
+    if job is None:
         log.info("%s: step 4 done: old column(s) dropped; nothing to backfill", spec.key)
         return BackfillReport(key=spec.key, mode="sql" if spec.forward.has_sql else "python",
                               repair=repair, complete=True, dry_run=dry_run, dropped=True)
-    job = _job(bind, spec, on_error, repair)
     report = BackfillReport(key=spec.key, mode=job.mode, repair=repair)
     owned = isinstance(bind, Engine)
     conn = bind.connect() if isinstance(bind, Engine) else bind

@@ -48,12 +48,8 @@ Rows = Sequence[tuple[Any, ...]]
 
 
 def first_line(exc: DBAPIError) -> str:
-    """The database's own message, first line only (SQLite's way of rejecting a
-    value, a runtime "integer overflow", said as such)."""
-    text_ = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
-    if text_ == "integer overflow" and "sqlite" in type(exc.orig).__module__:
-        return "the SQL transform rejected the value (SQLite says: integer overflow)"
-    return text_
+    """The database's own message, first line only."""
+    return str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
 
 
 class DialectRules:
@@ -106,6 +102,10 @@ class DialectRules:
 
     def is_statement_timeout(self, exc: DBAPIError) -> bool:
         return False
+
+    def reason(self, exc: DBAPIError) -> str:
+        """Why a row failed, for the report: the database's own message."""
+        return first_line(exc)
 
     def is_data_error(self, exc: DBAPIError) -> bool:
         """An error caused by a row's value (a transform failed on it)."""
@@ -364,6 +364,12 @@ class SQLiteRules(DialectRules):
         # a built-in cast rejects a value with a runtime "integer overflow"
         # (SQLite has no other way to raise inside an expression)
         return isinstance(exc, DataError) or "integer overflow" in str(exc.orig)
+
+    def reason(self, exc: DBAPIError) -> str:
+        text_ = first_line(exc)
+        if text_ == "integer overflow":
+            return "the SQL transform rejected the value (SQLite says: integer overflow)"
+        return text_
 
     def ranges_for(self, integer_key: bool, workers: int) -> int:
         return 1

@@ -52,7 +52,7 @@ from sqlalchemy.types import (
 )
 
 from .attribute import PhasedSpec
-from .dialects import DialectRules, first_line
+from .dialects import DialectRules
 from .errors import BackfillError, FourStepError, TransformError
 from .keys import KeyRange, all_null, any_not_null
 from .places import MISMATCHED, MISSING, SQLPlaces
@@ -239,7 +239,7 @@ class SQLFill(Job):
             if not self.rules.is_data_error(exc):
                 raise
             if len(keys) == 1:
-                return 0, [(keys[0], first_line(exc))]
+                return 0, [(keys[0], self.rules.reason(exc))]
             middle = len(keys) // 2
             left = self._bisect(conn, keys[:middle])
             right = self._bisect(conn, keys[middle:])
@@ -472,7 +472,7 @@ class PythonFill(Job):
             if not self.rules.is_data_error(exc):
                 raise
             if len(writes) == 1:
-                return 0, [(tuple(writes[0][: self.width]), first_line(exc))]
+                return 0, [(tuple(writes[0][: self.width]), self.rules.reason(exc))]
             middle = len(writes) // 2
             left = self._write_finding_failures(conn, writes[:middle], lower, hi)
             right = self._write_finding_failures(conn, writes[middle:], lower, hi)
@@ -590,8 +590,7 @@ class PythonRepair(PythonFill):
 
             # rows whose new place was written last, alone (step-4 code): the truth
             home = self.marks if isinstance(self.marks, str) else None
-            side = new_written_last(home, self.state_key.removesuffix(":repair"),
-                                    self.keys.columns)
+            side = new_written_last(home, spec.key, self.keys.columns)
             where.append(or_(side.is_(None), side != "new"))
         return list(
             conn.execute(

@@ -38,7 +38,7 @@ from sqlalchemy.types import String
 
 from .exact import row_differs, same, same_row
 from .keys import any_not_null
-from .triggers import SQLITE_MARKER, _RowRef, _slug, default_of, triggers_on
+from .triggers import SQLITE_MARKER, RowRef, default_of, slug, triggers_on
 
 __all__ = ["GUARD_TABLE", "MARKS_TABLE", "DropGuard", "WriteMarks", "marks_present", "row_key"]
 
@@ -96,7 +96,7 @@ def _sql(dialect: Dialect, element: Any) -> str:
 
 
 def _names(key: str, dialect_name: str) -> list[str]:
-    base = _slug(key)
+    base = slug(key)
     if dialect_name in ("mysql", "mariadb"):
         return [f"{base}_mark_ins", f"{base}_mark_upd"]
     return [f"{base}_mark_ins", f"{base}_mark_new", f"{base}_mark_old"]
@@ -151,8 +151,8 @@ class WriteMarks:
         name = prep.quote(self.table_name)
         return f"{prep.quote_schema(self.schema)}.{name}" if self.schema else str(name)
 
-    def _ref(self, row: str, columns: Sequence[Column[Any]]) -> list[_RowRef]:
-        return [_RowRef(row, c.name, c.type) for c in columns]
+    def _ref(self, row: str, columns: Sequence[Column[Any]]) -> list[RowRef]:
+        return [RowRef(row, c.name, c.type) for c in columns]
 
     def _unwritten(self, row: str) -> ColumnElement[bool]:
         parts = []
@@ -189,7 +189,7 @@ class WriteMarks:
         new_cols = ", ".join(self._q(dialect, c.name, False) for c in self.new)
         old_cols = ", ".join(self._q(dialect, c.name, False) for c in self.old)
         if dialect.name == "postgresql":
-            function = self._q(dialect, f"{_slug(self.key)}_mark")
+            function = self._q(dialect, f"{slug(self.key)}_mark")
             awake = "current_setting('fourstep.sync', true) IS DISTINCT FROM 'off'"
             statements.append(
                 f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
@@ -258,7 +258,7 @@ class WriteMarks:
             f"DROP TRIGGER IF EXISTS {self._q(dialect, n, False)}{on}" for n in self.names(dialect)
         ]
         if dialect.name == "postgresql":
-            function = self._q(dialect, f"{_slug(self.key)}_mark")
+            function = self._q(dialect, f"{slug(self.key)}_mark")
             statements.append(f"DROP FUNCTION IF EXISTS {function}()")
         return statements
 
@@ -336,8 +336,8 @@ class DropGuard:
     def create(self, dialect: Dialect) -> list[str]:
         prep = dialect.identifier_preparer
         guard = self._q(dialect, GUARD_TABLE)
-        function = self._q(dialect, f"{_slug(self.key)}_guard")
-        trigger = prep.quote(f"{_slug(self.key)}_guard")
+        function = self._q(dialect, f"{slug(self.key)}_guard")
+        trigger = prep.quote(f"{slug(self.key)}_guard")
         key = str(literal(self.key).compile(dialect=dialect,
                                             compile_kwargs={"literal_binds": True}))
         row_key = ", ".join(f"NEW.{prep.quote(c.name)}" for c in self.primary_key)
@@ -360,9 +360,9 @@ class DropGuard:
         key = str(literal(self.key).compile(dialect=dialect,
                                             compile_kwargs={"literal_binds": True}))
         return [
-            f"DROP TRIGGER IF EXISTS {prep.quote(_slug(self.key) + '_guard')} ON "
+            f"DROP TRIGGER IF EXISTS {prep.quote(slug(self.key) + '_guard')} ON "
             f"{self.table(dialect)}",
-            f"DROP FUNCTION IF EXISTS {self._q(dialect, _slug(self.key) + '_guard')}()",
+            f"DROP FUNCTION IF EXISTS {self._q(dialect, slug(self.key) + '_guard')}()",
             f"DELETE FROM {guard} WHERE key = {key}",
         ]
 

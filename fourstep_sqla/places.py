@@ -76,9 +76,6 @@ class SQLPlaces:
             return or_(any_not_null(self.old), any_not_null(self.new))
         return any_not_null(self.old)
 
-    def agrees(self) -> ColumnElement[bool]:
-        return same_row(self.old, self.backward)
-
     def follows(self) -> ColumnElement[bool]:
         return same_row(self.new, self.forward)
 

@@ -63,7 +63,6 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Connection,
-    MetaData,
     Table,
     and_,
     literal,
@@ -90,7 +89,7 @@ SQLITE_MARKER = "fourstep_sync_off"
 
 
 # -- row references (NEW.col / OLD.col) ------------------------------------------------
-class _RowRef(ColumnElement[Any]):
+class RowRef(ColumnElement[Any]):
     """``NEW.<col>`` or ``OLD.<col>`` inside a trigger."""
 
     inherit_cache = False
@@ -105,12 +104,12 @@ class _RowRef(ColumnElement[Any]):
         return []
 
 
-@compiles(_RowRef)
-def _row_ref(element: _RowRef, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(RowRef)
+def _row_ref(element: RowRef, compiler: SQLCompiler, **kw: Any) -> str:
     return f"{element.row}.{compiler.preparer.quote(element.name)}"
 
 
-def _slug(key: str) -> str:
+def slug(key: str) -> str:
     digest = hashlib.sha1(key.encode()).hexdigest()[:6]
     readable = re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")[:36]
     return f"fs_{readable}_{digest}"
@@ -118,7 +117,7 @@ def _slug(key: str) -> str:
 
 def trigger_names(key: str, dialect_name: str) -> list[str]:
     """The names of the triggers of ``key`` on ``dialect_name``."""
-    base = _slug(key)
+    base = slug(key)
     if dialect_name == "postgresql":
         return [f"{base}_ins_bwd", f"{base}_ins_fwd", f"{base}_upd_new", f"{base}_upd_old"]
     if dialect_name == "sqlite":
@@ -196,10 +195,7 @@ class SyncTriggers:
 
     @property
     def base(self) -> str:
-        return _slug(self.key)
-
-    def names(self, dialect: Dialect) -> list[str]:
-        return trigger_names(self.key, dialect.name)
+        return slug(self.key)
 
     # -- rendering ------------------------------------------------------------------
     def create(self, dialect: Dialect) -> list[str]:
@@ -237,8 +233,8 @@ class _Renderer:
     def sql(self, element: Any) -> str:
         return str(element.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
 
-    def ref(self, row: str, columns: Sequence[Column[Any]]) -> list[_RowRef]:
-        return [_RowRef(row, c.name, c.type) for c in columns]
+    def ref(self, row: str, columns: Sequence[Column[Any]]) -> list[RowRef]:
+        return [RowRef(row, c.name, c.type) for c in columns]
 
     def frozen(self, texts: Mapping[str, str], targets: Sequence[Column[Any]]) -> list[Any]:
         return [literal_column(f"({texts[c.name]})", type_=c.type) for c in targets]
@@ -632,10 +628,6 @@ def from_table(
         primary_key=tuple(c.name for c in table.primary_key.columns),
         catch_errors=catch_errors,
     )
-
-
-def reflect(conn: Connection, table_name: str, schema: str | None) -> Table:
-    return Table(table_name, MetaData(), autoload_with=conn, schema=schema)
 
 
 def placed(conn: Connection, triggers: SyncTriggers) -> SyncTriggers:

@@ -46,7 +46,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .attribute import PhasedSpec
-from .dialects import first_line, rules_for
+from .dialects import rules_for
 from .errors import FourStepError
 from .keys import KeyRange, primary_key_of
 from .marks import new_written_last
@@ -186,11 +186,11 @@ class _Checker:
             if sql_only:
                 raise FourStepError(
                     f"{self.spec.key}: a transform's SQL fails on a row with keys after "
-                    f"{lower!r} up to {upper!r} ({first_line(exc)}) and this transform has "
+                    f"{lower!r} up to {upper!r} ({rules.reason(exc)}) and this transform has "
                     f"no Python form to compare with; fix those rows"
                 ) from exc
             log.warning("%s: SQL transform failed in keys (%r, %r], comparing in Python: %s",
-                        self.spec.key, lower, upper, first_line(exc))
+                        self.spec.key, lower, upper, rules.reason(exc))
             self.check_python(conn, self.keys.between(lower, upper), result)
         else:
             if savepoint is not None:
