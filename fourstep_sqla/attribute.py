@@ -1182,8 +1182,11 @@ def forward_index(attribute: Any, name: str | None = None, **kwargs: Any) -> Ind
     (identity transform) an index on the old column is the same thing.
 
     The index is attached to the model's table, so Alembic autogenerate sees
-    it; on PostgreSQL create it with ``postgresql_concurrently=True`` in the
-    migration. ``kwargs`` go to :class:`sqlalchemy.Index`.
+    it: with :mod:`fourstep_sqla.alembic` imported, autogenerate creates it
+    (and drops it on downgrade) with ``postgresql_concurrently=True``, run in
+    an autocommit block of its own, so writes go on while it builds. Kept in
+    the model at step 4, it is dropped with the old column and built again if
+    the drop is downgraded. ``kwargs`` go to :class:`sqlalchemy.Index`.
     """
     from .registry import resolve
 
@@ -1197,4 +1200,5 @@ def forward_index(attribute: Any, name: str | None = None, **kwargs: Any) -> Ind
     if spec.forward.builtin is not None and spec.forward.builtin[0] == "identity":
         expressions = tuple(spec.old_columns)
     index_name = name or f"ix_{table.name}_{spec.name}_forward"
-    return Index(index_name, *expressions, **kwargs)
+    info = {**kwargs.pop("info", {}), "fourstep_forward_index": spec.key}
+    return Index(index_name, *expressions, info=info, **kwargs)

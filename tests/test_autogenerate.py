@@ -19,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, inspect, text
 
 import fourstep_sqla.alembic  # noqa: F401
+from fourstep_sqla.state import read_state
 
 TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
 
@@ -148,11 +149,20 @@ def test_autogenerate_walks_the_four_steps(engine: Engine, tmp_path: Path) -> No
             existing_type=sa.String(length=80),
         )""") in textwrap.dedent(upgrade.split("\n", 2)[2])
     assert "alter_column" not in upgrade
+    # the phase is recorded last, after the columns and the sync triggers
+    assert upgrade.rstrip().split("op.")[-1].startswith(
+        "record_phase(\n        'users.full_name',\n        'users',\n        phase=1,\n"
+        "        previous=0,\n    )"
+    ), upgrade
     assert {c["name"]: c["nullable"] for c in inspect(engine).get_columns("users")}["name"]
+    assert read_state(engine, "users.full_name").recorded_phase == 1
     assert project.autogenerate().count("op.") == 0  # nothing left at step 1
 
-    # step 2 changes no schema
+    # step 2 changes no schema, but records the phase
     project.models("READ_NEW")
+    upgrade = project.autogenerate()
+    assert upgrade.count("op.") == 1 and "phase=2,\n        previous=1," in upgrade
+    assert read_state(engine, "users.full_name").recorded_phase == 2
     assert project.autogenerate().count("op.") == 0
 
     # step 3: the backfill, once

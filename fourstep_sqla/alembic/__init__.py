@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Column
 
 from . import compare as _compare  # noqa: F401  (registers the autogenerate comparator)
+from . import locks as _locks
 from . import render as _render  # noqa: F401  (registers the renderers)
 from .ops import (
     BackfillOp,
@@ -40,6 +41,8 @@ from .trigger_ops import (
     DropSyncTriggersOp,
     DropWriteMarksOp,
 )
+
+_locks.install()  # lock safety per migration (see fourstep_sqla.alembic.locks)
 
 __all__ = [
     "BackfillOp",

@@ -16,8 +16,20 @@ table):
 - ``STOP_WRITE_OLD`` with the old column still in the database: ``op.drop_old``;
 - once dropped, the ``unmapped_column()`` still in the model is hidden from
   Alembic's comparison, so no ``add_column`` churn appears;
-- the state tables (``fourstep_*``) are never dropped for not being in the
-  application's metadata.
+- steps 1 and 2: ``op.record_phase`` once the database has the new columns
+  and has recorded an earlier phase (steps 3 and 4 record theirs with the
+  backfill and the drop), so ``fourstep status``, ``check()`` and the next
+  autogenerate know where the database is;
+- indexes: the index :func:`~fourstep_sqla.attribute.forward_index` declares
+  is created (and, on downgrade, dropped) with ``postgresql_concurrently=True``,
+  which runs in an autocommit block of its own (see
+  :mod:`fourstep_sqla.alembic.indexes`); an index on an old column that the
+  model stops declaring is dropped concurrently before step 4 and, at step 4,
+  left to ``op.drop_old`` (which drops it with the column and restores it on
+  downgrade); once the old column is dropped, no index on it is created again,
+  whatever the model keeps;
+- the state tables (``fourstep_*``) are neither reflected nor dropped for not
+  being in the application's metadata.
 
 Nothing is emitted once a step is done.
 """
@@ -39,7 +51,8 @@ from ..phase import Phase
 from ..registry import all_specs
 from ..state import STATE_METADATA, read_state
 from ..triggers import SQLITE_MARKER, triggers_present
-from .ops import RelaxOldNotNullOp
+from .indexes import INDEXES_TABLE, mentions
+from .ops import RecordPhaseOp, RelaxOldNotNullOp
 from .render import backfill_op, drop_old_op, sync_triggers_op, write_marks_op
 from .trigger_ops import sync_triggers_enabled
 
@@ -51,6 +64,7 @@ STATE_TABLES = frozenset(t.name for t in STATE_METADATA.sorted_tables) | {
     SQLITE_MARKER,
     GUARD_TABLE,
     MARKS_TABLE,
+    INDEXES_TABLE,
 }
 
 
@@ -93,6 +107,79 @@ def _remove_column_ops(
     ]
 
 
+def _adds_columns(upgrade_ops: alembic_ops.UpgradeOps, spec: PhasedSpec) -> bool:
+    """This autogenerate run adds (some of) the new columns."""
+    names = set(spec.new_column_names)
+    return any(
+        _touches(op, names, "add") for table_ops in _table_ops(upgrade_ops, spec)
+        for op in table_ops.ops
+    )
+
+
+def _index_ops(
+    upgrade_ops: alembic_ops.UpgradeOps, spec: PhasedSpec, kind: type[Any]
+) -> list[tuple[Any, Any]]:
+    """(table ops, index op) pairs of ``kind`` on ``spec``'s table."""
+    return [
+        (table_ops, op)
+        for table_ops in _table_ops(upgrade_ops, spec)
+        for op in table_ops.ops
+        if isinstance(op, kind)
+    ]
+
+
+def _forward_index(spec: PhasedSpec, name: str | None) -> bool:
+    table = spec.table
+    assert table is not None
+    return any(
+        ix.name == name and ix.info.get("fourstep_forward_index") == spec.key
+        for ix in table.indexes
+    )
+
+
+def _steer_indexes(
+    upgrade_ops: alembic_ops.UpgradeOps,
+    spec: PhasedSpec,
+    postgresql: bool,
+    old_dropped: bool,
+    dropping: bool,
+) -> None:
+    """Concurrent where the index belongs to the Four Step Process; none of the
+    churn a dropped old column would cause (see the module docs)."""
+    old = list(spec.old_column_names)
+    removed: list[Any] = []
+    # a forward index in the database under its name is the model's: its expressions
+    # come back normalized from reflection, so Alembic would drop and re-create it
+    in_db = {op.index_name: op for _, op in _index_ops(upgrade_ops, spec,
+                                                       alembic_ops.DropIndexOp)}
+    for _, op in _index_ops(upgrade_ops, spec, alembic_ops.CreateIndexOp):
+        if _forward_index(spec, op.index_name) and op.index_name in in_db:
+            removed += [op, in_db[op.index_name]]
+    for _, op in _index_ops(upgrade_ops, spec, alembic_ops.CreateIndexOp):
+        if any(op is r for r in removed):
+            continue
+        index = op.to_index()
+        if mentions(index, old) and (old_dropped or dropping):
+            removed.append(op)  # on a column that is gone, or going in this revision
+        elif postgresql and _forward_index(spec, op.index_name):
+            op.kw["postgresql_concurrently"] = True
+    for _, op in _index_ops(upgrade_ops, spec, alembic_ops.DropIndexOp):
+        if any(op is r for r in removed) or not mentions(op.to_index(), old):
+            continue
+        if dropping:
+            removed.append(op)  # op.drop_old drops it with the column, and restores it
+        elif postgresql:
+            op.kw["postgresql_concurrently"] = True
+    if removed:
+        for table_ops in _table_ops(upgrade_ops, spec):
+            table_ops.ops = [op for op in table_ops.ops if not any(op is r for r in removed)]
+        upgrade_ops.ops = [
+            op
+            for op in upgrade_ops.ops
+            if not (isinstance(op, alembic_ops.ModifyTableOps) and not op.ops)
+        ]
+
+
 def fourstep_operations(
     autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps
 ) -> list[Any]:
@@ -121,6 +208,10 @@ def fourstep_operations(
         old_in_db = [n for n in spec.old_column_names if n in columns]
         # Alembic's own nullability changes on old columns are ours to make
         _remove_column_ops(upgrade_ops, spec, old_names, "alter")
+        new_in_db = all(n in columns for n in spec.new_column_names)
+        dropping = spec.phase is Phase.STOP_WRITE_OLD and new_in_db and bool(old_in_db)
+        _steer_indexes(upgrade_ops, spec, dialect.name == "postgresql", not old_in_db,
+                       dropping)
         if not old_in_db:
             # dropped already: the unmapped_column() must not come back
             _remove_column_ops(upgrade_ops, spec, old_names, "add")
@@ -153,7 +244,15 @@ def fourstep_operations(
             emitted.append(sync_triggers_op(spec, dialect) or write_marks_op(spec))
         state = read_state(connection, spec.key)
         backfilled = state is not None and state.backfilled
-        new_in_db = all(n in columns for n in spec.new_column_names)
+        recorded = state.recorded_phase if state is not None else None
+        new_coming = new_in_db or _adds_columns(upgrade_ops, spec)
+        if (
+            spec.phase <= Phase.READ_NEW
+            and new_coming
+            and (recorded is None or recorded < spec.phase)
+        ):
+            emitted.append(RecordPhaseOp(spec.key, table.name, int(spec.phase),
+                                         int(recorded or 0), schema=table.schema))
         if spec.phase >= Phase.STOP_READ_OLD and not backfilled and new_in_db:
             emitted.append(backfill_op(spec, dialect))
         if spec.phase is Phase.STOP_WRITE_OLD and new_in_db:
@@ -167,3 +266,18 @@ def fourstep_operations(
 @comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)
 def _compare(autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps) -> None:
     fourstep_operations(autogen_context, upgrade_ops)
+
+
+_original_name_filters = AutogenContext.run_name_filters
+
+
+def _run_name_filters(self: AutogenContext, name: Any, type_: Any, parent_names: Any) -> bool:
+    # the state tables are the library's: not reflected, so never "Detected removed table"
+    if type_ == "table" and name in STATE_TABLES:
+        return False
+    return bool(_original_name_filters(self, name, type_, parent_names))
+
+
+if not getattr(AutogenContext.run_name_filters, "_fourstep", False):
+    _run_name_filters._fourstep = True  # type: ignore[attr-defined]
+    AutogenContext.run_name_filters = _run_name_filters  # type: ignore[method-assign]

@@ -34,8 +34,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, MetaData, Table, and_, or_, update
+from sqlalchemy import Column, MetaData, Table, and_, func, or_, select, text, update
 from sqlalchemy import table as table_clause
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import column as column_clause
 from sqlalchemy.types import TypeEngine
 
@@ -52,6 +53,7 @@ from ..state import record_phase
 from ..transform import Transform
 from ..triggers import SyncTriggers, from_table, placed, triggers_present
 from ..verify import verify
+from . import indexes, locks
 
 __all__ = [
     "BackfillOp",
@@ -77,12 +79,7 @@ def _column_names(columns: Sequence[Column[Any] | str]) -> list[str]:
 def lock_policy(operations: Operations) -> LockPolicy:
     """The DDL lock policy: ``context.configure(fourstep_lock_timeout_ms=...,
     fourstep_lock_retries=...)`` in env.py, else 500 ms and 10 retries."""
-    opts = operations.get_context().opts
-    default = LockPolicy()
-    return LockPolicy(
-        lock_timeout_ms=int(opts.get("fourstep_lock_timeout_ms", default.lock_timeout_ms)),
-        retries=int(opts.get("fourstep_lock_retries", default.retries)),
-    )
+    return locks.lock_policy(operations.get_context().opts)
 
 
 class _KeyedOp(MigrateOperation):
@@ -91,7 +88,35 @@ class _KeyedOp(MigrateOperation):
     schema: str | None
 
     def reflect(self, conn: Any) -> Table:
-        return Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+        return reflect_columns(conn, self.table_name, self.schema)
+
+
+def reflect_columns(conn: Any, table_name: str, schema: str | None) -> Table:
+    """The table's columns and primary key, as the database has them.
+
+    Two catalog queries instead of a full reflection's ten: operations run
+    this while their revision may already hold the table's exclusive lock.
+    """
+    from sqlalchemy import PrimaryKeyConstraint, inspect
+
+    inspector = inspect(conn)
+    columns = inspector.get_columns(table_name, schema=schema)
+    if not columns:
+        from sqlalchemy.exc import NoSuchTableError
+
+        raise NoSuchTableError(table_name)
+    pk = inspector.get_pk_constraint(table_name, schema=schema)
+    table = Table(
+        table_name, MetaData(),
+        *(Column(c["name"], c["type"], nullable=c["nullable"],
+                 server_default=None if c.get("default") is None else text(c["default"]))
+          for c in columns),
+        schema=schema,
+    )
+    if pk.get("constrained_columns"):
+        table.append_constraint(PrimaryKeyConstraint(*pk["constrained_columns"],
+                                                     name=pk.get("name")))
+    return table
 
 
 # -- record_phase -----------------------------------------------------------------
@@ -451,18 +476,50 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
     table = operation.reflect(conn)
     guard = _install_guard(operations, operation, table)
     try:
+        _warn_if_gate_under_lock(conn, operation, table)
         drop_gate(conn, operation, table)
-        # a write that commits between the gate and the DROP is carried into the new
-        # place by the sync triggers, which are dropped in the DROP's own transaction;
-        # without them the guard noted its row, compared again under the DROP's lock
-        _drop_columns(operations, operation, operation.triggers(conn, table), guard, table,
-                      _marks_statements(conn, operation, table))
     except BaseException:
         if guard is not None:
             _remove_guard(operations, guard)
         raise
-    record_phase(operations.get_bind(), operation.key, operation.table_name,
-                 Phase.STOP_WRITE_OLD)
+
+    def ddl() -> None:
+        # a write that commits between the gate and the DROP is carried into the new
+        # place by the sync triggers, which are dropped in the DROP's own transaction;
+        # without them the guard noted its row, compared again under the DROP's lock
+        bind = operations.get_bind()
+        try:
+            # the indexes DROP COLUMN takes along, remembered for the restore
+            found = indexes.on_old_columns(bind, table, operation.old_names)
+            indexes.record(bind, operation.key, table, found)
+            _drop_columns(operations, operation, operation.triggers(bind, table), guard, table,
+                          [*_marks_statements(bind, operation, table),
+                           *indexes.drop_statements(bind, table, found)])
+        except BaseException as exc:
+            # a lock timeout is retried (the guard is still wanted then)
+            if guard is not None and not locks.lock_error(exc):
+                _remove_guard(operations, guard)
+            raise
+        record_phase(bind, operation.key, operation.table_name, Phase.STOP_WRITE_OLD)
+
+    run = locks.active(context)
+    if run is not None and run.top_level():
+        # the gates of the drops that follow run before this DDL (module docs of locks)
+        run.defer(f"{operation.key}: DROP COLUMN {', '.join(operation.old_names)}", ddl)
+    else:
+        ddl()
+
+
+def _warn_if_gate_under_lock(conn: Any, operation: _OldColumnsOp, table: Table) -> None:
+    """The gate scans the table: say so when this revision already holds its
+    ACCESS EXCLUSIVE lock (an earlier operation), which stalls every query meanwhile."""
+    if _holds_exclusive_lock(conn, table):
+        log.warning(
+            "%s: the drop gate scans %s while this revision holds its ACCESS EXCLUSIVE lock "
+            "(taken by an operation before op.drop_old): every query on the table waits for "
+            "the scan. Put the op.drop_old operations first in the revision.",
+            operation.key, table.description,
+        )
 
 
 def _marks_statements(conn: Any, operation: _OldColumnsOp, table: Table) -> list[str]:
@@ -704,14 +761,38 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
         assert connection is not None
         table = operation.reflect(connection)
         spec = operation.spec(table).reversed()
-        report = backfill(connection.engine, spec)
+        try:
+            report = backfill(connection.engine, spec)
+        except BackfillError as exc:
+            raise BackfillError(_restore_failed(operation, str(exc))) from exc
         if not report.ok:
             raise BackfillError(
                 f"{operation.key}: restoring the old column(s) did not finish "
                 f"({report.rows_left} rows left, skipped {report.skipped_keys[:10]!r})"
             )
+        # the indexes the drop took along, built again (concurrently on PostgreSQL)
+        found = indexes.recall(connection, operation.key)
+        if found:
+            indexes.rebuild(connection, table, found)
+            indexes.forget(connection, operation.key)
         with connection.engine.begin() as conn:
             record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+
+
+def _restore_failed(operation: _OldColumnsOp, detail: str) -> str:
+    """The engine's message about a failed row, told as the restore it is (the
+    engine speaks of a forward transform and of options the op does not take)."""
+    detail = detail.split(" Nothing of this batch was written.")[0]
+    detail = detail.replace("the forward transform", "the backward transform", 1)
+    prefix = f"{operation.key}: "
+    detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+    return (
+        f"{operation.key}: restoring {', '.join(operation.old_names)} of "
+        f"{operation.table_name} from the new column(s) failed: {detail}. The old column(s) "
+        f"are back and every other row is restored; nothing of the failing batch was "
+        f"written. Fix the new value(s) of those rows (or the backward transform of the "
+        f"revision), then run the downgrade again: it carries on from where it stopped."
+    )
 
 
 # -- relax / restore NOT NULL -------------------------------------------------------
@@ -806,11 +887,16 @@ def _set_not_null_postgresql(
 ) -> None:
     """SET NOT NULL without scanning the table under ACCESS EXCLUSIVE.
 
-    ``CHECK (col IS NOT NULL) NOT VALID`` (instant), ``VALIDATE CONSTRAINT``
-    (scans under SHARE UPDATE EXCLUSIVE: writes go on), then ``SET NOT NULL``,
-    which PostgreSQL 12+ proves from the valid check without a scan, then the
-    check is dropped. Each statement is lock-safe (lock_timeout and retries).
+    ``CHECK (col IS NOT NULL) NOT VALID`` (instant) is committed first; then
+    ``VALIDATE CONSTRAINT`` scans in a transaction of its own, under SHARE
+    UPDATE EXCLUSIVE (reads and writes go on, and no lock the revision took
+    before is held meanwhile); then ``SET NOT NULL``, which PostgreSQL 12+
+    proves from the valid check without a scan, and the check is dropped. Run
+    again after it was stopped, it finds its check and carries on. A NULL that
+    arrives before the validation makes it refuse, with the count, and the
+    check is removed.
     """
+    context = operations.get_context()
     conn = operations.get_bind()
     policy = lock_policy(operations)
     prep = conn.dialect.identifier_preparer
@@ -818,17 +904,54 @@ def _set_not_null_postgresql(
     if operation.schema:
         table = f"{prep.quote_schema(operation.schema)}.{table}"
     column = prep.quote(name)
-    check = prep.quote(f"fourstep_nn_{operation.table_name}_{name}"[:63])
+    check_name = f"fourstep_nn_{operation.table_name}_{name}"[:63]
+    check = prep.quote(check_name)
     what = f"{operation.key}: SET NOT NULL {name}"
-    run_ddl(conn, what, lambda: conn.exec_driver_sql(
-        f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
-    ), policy)
-    run_ddl(conn, what, lambda: conn.exec_driver_sql(
-        f"ALTER TABLE {table} VALIDATE CONSTRAINT {check}"), policy)
+    present = conn.execute(
+        text("SELECT 1 FROM pg_constraint WHERE conname = :name AND conrelid = to_regclass(:t)"),
+        {"name": check_name, "t": table},
+    ).first()
+    if present is None:
+        run_ddl(conn, what, lambda: conn.exec_driver_sql(
+            f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
+        ), policy)
+    failed: DBAPIError | None = None
+    with context.autocommit_block():
+        try:
+            operations.get_bind().exec_driver_sql(
+                f"ALTER TABLE {table} VALIDATE CONSTRAINT {check}")
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "23514":  # check_violation
+                raise
+            failed = exc
+    conn = operations.get_bind()
+    if failed is not None:
+        run_ddl(conn, what, lambda: conn.exec_driver_sql(
+            f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {check}"), policy)
+        raise FourStepError(
+            f"{operation.key}: cannot make {name} of {operation.table_name} NOT NULL again: "
+            f"rows holding NULL there were written while the downgrade ran (step-4 code "
+            f"still running?). Nothing was changed. Deploy the previous release's code "
+            f"first, fill those rows, and downgrade again."
+        ) from failed
     run_ddl(conn, what, lambda: conn.exec_driver_sql(
         f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL"), policy)
     run_ddl(conn, what, lambda: conn.exec_driver_sql(
         f"ALTER TABLE {table} DROP CONSTRAINT {check}"), policy)
+
+
+def _holds_exclusive_lock(conn: Any, table: Table) -> bool:
+    """PostgreSQL: this transaction holds ``table``'s ACCESS EXCLUSIVE lock already."""
+    if conn.dialect.name != "postgresql":
+        return False
+    held = conn.execute(
+        select(func.count()).select_from(text("pg_locks")).where(
+            text("pid = pg_backend_pid() AND mode = 'AccessExclusiveLock' "
+                 "AND relation = to_regclass(:table)")
+        ),
+        {"table": indexes.regclass(conn, table)},
+    ).scalar_one()
+    return bool(held)
 
 
 @Operations.implementation_for(RelaxOldNotNullOp)
@@ -842,8 +965,11 @@ def _restore_not_null(operations: Operations, operation: RestoreOldNotNullOp) ->
     if not context.as_sql:
         conn = operations.get_bind()
         table = operation.reflect(conn)
-        from sqlalchemy import func, select
-
+        if _holds_exclusive_lock(conn, table):
+            # no scan under that lock (an earlier operation of this revision took it):
+            # the validation, in a transaction of its own, refuses instead
+            _alter_nullable(operations, operation, nullable=False)
+            return
         nulls = conn.execute(
             select(func.count()).select_from(table).where(
                 or_(*(table.c[n].is_(None) for n in operation.columns))

@@ -30,13 +30,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, MetaData, Table
+from sqlalchemy import Column
 
 from ..ddl import run_ddl
 from ..errors import SyncTriggerError
 from ..marks import WriteMarks
 from ..triggers import SyncTriggers, from_table, placed
-from .ops import lock_policy
+from .ops import lock_policy, reflect_columns
 
 __all__ = [
     "CreateSyncTriggersOp",
@@ -122,7 +122,7 @@ class CreateSyncTriggersOp(MigrateOperation):
         context = operations.get_context()
         if not context.as_sql:
             conn = operations.get_bind()
-            table = Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+            table = reflect_columns(conn, self.table_name, self.schema)
             return placed(conn, from_table(
                 self.key, table, _names(self.old), _names(self.new), self.forward_sql,
                 self.backward_sql, self.catch_errors,
@@ -267,7 +267,7 @@ class CreateWriteMarksOp(MigrateOperation):
         context = operations.get_context()
         if not context.as_sql:
             conn = operations.get_bind()
-            table = Table(self.table_name, MetaData(), autoload_with=conn, schema=self.schema)
+            table = reflect_columns(conn, self.table_name, self.schema)
             return WriteMarks.of(conn, self.key, table, _names(self.old), _names(self.new))
         if context.dialect.name == "sqlite":
             context.impl.static_output(
