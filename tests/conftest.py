@@ -1,6 +1,7 @@
 """Database fixtures shared by the whole suite.
 
 - ``sqlite_engine``: a file-backed SQLite database per test.
+- ``mysql_db_engine``: on MariaDB/MySQL, a database of its own per test.
 - ``pg_engine`` / ``mysql_engine``: one engine per session; skipped when the
   server is not reachable, failed instead when ``CI`` is set.
 - ``engine``: parametrized over SQLite and PostgreSQL; on PostgreSQL each test
@@ -68,6 +69,24 @@ def mysql_engine() -> Iterator[Engine]:
     engine = _connect_or_give_up(MYSQL_URL, "MariaDB/MySQL", "FOURSTEP_TEST_MYSQL_URL")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def mysql_db_engine(mysql_engine: Engine) -> Iterator[Engine]:
+    """A MariaDB/MySQL engine on a database of its own, dropped afterwards."""
+    name = f"t_{secrets.token_hex(6)}"
+    with mysql_engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine = create_engine(
+        mysql_engine.url.set(database=name),
+        connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with mysql_engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
 
 
 @pytest.fixture
