@@ -18,8 +18,29 @@ How it stays safe on a big, busy table:
   a row lock, so a row the application writes meanwhile is never overwritten.
 - **One transaction per batch, with its progress.** The batch and its cursor in
   ``fourstep_progress`` commit together: a run killed at any moment (even
-  ``kill -9``) resumes exactly after its last committed batch, and a finished
-  run repeated walks the keys again, finding nothing to do.
+  ``kill -9``) resumes exactly after its last committed batch.
+- **A run belongs to the columns it fills.** A run records the identity of
+  its new columns where the database gives one (PostgreSQL: the table's oid
+  and the columns' ``attnum``, which a column dropped and added again never
+  gets back). A run stopped midway, then the new columns dropped and added
+  again (a downgrade past step 1, an upgrade back): the next call starts a
+  new run instead of finishing the old one's ranges over empty columns. On
+  SQLite and MariaDB/MySQL, which give no such identity, the check below
+  catches it: the old run's remaining ranges, then a new run.
+- **Complete means nothing pending.** When a run's ranges are done, the
+  table is checked for pending rows (the same predicate, read-only, stopping
+  at the first: one scan when there is none) with keys up to the call's own
+  bound, the last key when the call started. So rows a resumed run never
+  covered (inserted past its upper bound before this call, or written before
+  its columns were added again) are found; they get a new run, at most
+  three runs per call, and a run is marked complete only when none is left.
+  A row still pending after that (a writer clearing the new place behind
+  the backfill) is reported: ``complete=False`` with ``rows_left``, and the
+  run stays open in the state table. Rows inserted after the call started
+  are the application's, as above, and the next call's. A finished
+  backfill run again is that one check, not a walk of the keys (0.13 s on
+  1M rows on PostgreSQL). Rows skipped by ``on_error="skip"`` stay pending
+  by nature and are not counted.
 - **Adaptive batch size** toward ``target_ms`` per batch (never more than
   doubling or halving per step). Every row a batch touches stays locked until
   it commits, so the target bounds how long an application write can wait.
@@ -46,6 +67,22 @@ How it stays safe on a big, busy table:
   locking its row in ``fourstep_ranges`` (``FOR UPDATE SKIP LOCKED``) on a
   lease connection. A worker that dies releases its lease with its connection
   and another one resumes the range from its cursor.
+- **Two calls at once** (two ``alembic upgrade``, ``fourstep backfill`` run
+  twice, workers on many machines): a call that finds the ranges left all
+  claimed by other live processes *waits* for them, polling their claims
+  (50 ms, doubling up to 1 s), rather than ending with work it knows nothing
+  about: when a holder finishes its range there is nothing left to do, when
+  it dies its lease goes with its connection and the waiting call takes the
+  range over from its cursor. Either way the call then reports complete, as
+  every process sharing the run does. Waiting is safe: the waiter holds no
+  lock while it waits and the holder waits for nothing of the waiter's. It
+  is bounded only by ``max_seconds``: when the budget runs out while waiting,
+  the report says ``complete=False``, ``budget_exhausted=True`` and
+  ``held_elsewhere`` = the number of ranges other processes hold, so a caller
+  can say "another process is running this backfill" rather than "rows are
+  left". Planning a run waits the same way for another process planning it
+  (on PostgreSQL without the batches' short ``lock_timeout``; on SQLite the
+  planning transaction takes the write lock first).
 - **Transforms that raise**: ``on_error="stop"`` (default) stops with an error
   naming the keys and the exception, nothing of the failing batch written;
   ``on_error="skip"`` records those keys in ``fourstep_skipped``, finishes the
@@ -125,8 +162,11 @@ class BackfillReport:
     rows_updated: int = 0
     batches: int = 0
     seconds: float = 0.0
+    #: pending rows left, counted when the report is not complete
     rows_left: int = 0
     skipped_keys: list[Key] = field(default_factory=list)
+    #: no row that existed when the call started is pending any more (rows the
+    #: transform failed on, ``skipped_keys``, apart); see the module docs
     complete: bool = False
     #: the time budget (``max_seconds``) ran out with rows left
     budget_exhausted: bool = False
@@ -138,6 +178,10 @@ class BackfillReport:
     repair: bool = False
     #: step 4 is done: the old column(s) are dropped, there is nothing to fill
     dropped: bool = False
+    #: ranges of the run that other live processes were still working when this
+    #: call gave up waiting for them (its time budget ran out): another process
+    #: is running this backfill, nothing needs fixing
+    held_elsewhere: int = 0
 
     @property
     def ok(self) -> bool:
@@ -235,7 +279,9 @@ def backfill(
     :param target_ms: target duration of one batch.
     :param pause_ms: sleep between batches.
     :param max_seconds: time budget; the report says ``complete=False`` when it
-        runs out with rows left (run again to resume).
+        runs out with rows left (run again to resume), or while waiting for
+        ranges another process holds (``held_elsewhere``). Without it, a call
+        waits for such ranges as long as their holders live.
     :param workers: threads working ranges of the key space in parallel
         (PostgreSQL and MySQL/MariaDB; on SQLite ranges run one after another).
     :param on_error: ``"stop"`` or ``"skip"`` when the transform fails on a row.
@@ -299,31 +345,29 @@ def backfill(
         runner.parts = rules.ranges_for(runner.keys.integer, workers)
         if job.mode == "python" and rules.reads_ahead:
             runner.read_ahead_engine = _engine_of(bind)
+        finished = runner.already_complete(conn)
+        if finished is not None:
+            report.run_id, report.complete = finished, True
+            report.seconds = time.monotonic() - runner.started
+            log.info("%s: run %s is complete and no row is pending", spec.key, finished)
+            return report
         run_id = runner.open_run(conn)
         report.run_id = run_id
         if run_id is None:
             report.complete = True
             return report
         if progress is not None:
-            report_upper = runner.upper_bound(conn)
-            runner.pending_at_start = job.count_pending(conn, report_upper)
-        if workers == 1 or not rules.shares_ranges:
-            lease = _engine_of(bind).connect() if rules.shares_ranges else conn
-            try:
-                runner.work(conn, lease, run_id)
-            finally:
-                if lease is not conn:
-                    lease.close()
-        else:
-            runner.run_threads(_engine_of(bind), run_id, workers)
-        report.complete = runner.finish(conn, run_id)
+            runner.pending_at_start = job.count_pending(conn, runner.call_bound)
+        report.complete = runner.run(conn, _engine_of(bind), run_id, workers)
         if not report.complete:
-            report.rows_left = job.count_pending(conn, runner.upper_bound(conn))
+            report.rows_left = job.count_pending(conn, runner.call_bound)
         report.seconds = time.monotonic() - runner.started
         log.info(
             "%s: %d rows in %d batches, %.2f s, %s",
             spec.key, report.rows_updated, report.batches, report.seconds,
-            "complete" if report.complete else f"{report.rows_left} rows left",
+            "complete" if report.complete else f"{report.rows_left} rows left"
+            + (f", {report.held_elsewhere} range(s) held by another process"
+               if report.held_elsewhere else ""),
         )
         return report
     finally:

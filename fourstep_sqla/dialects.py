@@ -10,14 +10,18 @@ picked by :func:`rules_for` from a connection:
 - which database errors are transient (retry), a statement timeout (halve the
   batch) or caused by a row's value (find the row, ``on_error`` applies);
 - whether several workers can share a run's ranges (not on SQLite: one writer);
-- how a Python-computed batch is written back in one statement.
+- how a run's planning waits for another process planning the same run;
+- the identity of a run's new columns, where the database gives one
+  (PostgreSQL: a re-added column never gets its old ``attnum`` back);
+- how a Python-computed batch is written back in one statement;
+- how a column is added to a state table an older version created.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -34,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, PendingRollbackError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column, Table
 from sqlalchemy.types import String, TypeEngine
@@ -50,6 +54,24 @@ Rows = Sequence[tuple[Any, ...]]
 def first_line(exc: DBAPIError) -> str:
     """The database's own message, first line only."""
     return str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+
+
+def settle(conn: Connection, reset: Callable[[], None]) -> None:
+    """Undo a session's settings with ``reset()``, best effort: on a connection the
+    server closed (a terminated backend, a failover) there is nothing left to undo,
+    and the error that ended the work must be the one the caller sees, not a
+    ``PendingRollbackError`` from this cleanup."""
+    if conn.closed or conn.invalidated:
+        return
+    try:
+        conn.rollback()  # also clears a transaction a failed COMMIT left inactive
+        reset()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.debug("connection lost; its session settings went with it", exc_info=True)
+    except PendingRollbackError:
+        log.debug("connection lost; its session settings went with it", exc_info=True)
 
 
 class DialectRules:
@@ -75,6 +97,49 @@ class DialectRules:
     def begin_batch(self, conn: Connection) -> None:
         """Begin the transaction of one batch."""
         conn.begin()
+
+    def begin_planning(self, conn: Connection, wait_seconds: float | None) -> None:
+        """Begin the transaction that plans or resumes a run. Its first statement
+        locks the attribute's state row, which another process planning the same
+        run holds for as long as its planning takes (a count on a big table with
+        a non-integer key): wait for it, up to ``wait_seconds`` (None: as long as
+        it takes), rather than for the batches' short lock timeout."""
+        self.begin_batch(conn)
+
+    def place_identity(
+        self, conn: Connection, table: Table, columns: Sequence[Column[Any]]
+    ) -> str | None:
+        """What tells these columns from columns of the same names dropped and
+        added again since, or None where the database gives nothing such."""
+        return None
+
+    def add_column(self, conn: Connection, table: Table, column: Column[Any]) -> None:
+        """``ALTER TABLE table ADD COLUMN column``, idempotent: another process
+        may add it at the same time."""
+        from sqlalchemy import inspect
+        from sqlalchemy.schema import CreateColumn
+
+        preparer = conn.dialect.identifier_preparer
+        definition = CreateColumn(column).compile(dialect=conn.dialect)
+        if_not_exists = "IF NOT EXISTS " if self.adds_if_not_exists(conn) else ""
+        statement = (
+            f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {if_not_exists}{definition}"
+        )
+        try:
+            conn.exec_driver_sql(statement)
+        except DBAPIError:
+            if self.error_aborts_transaction:
+                raise  # such a database says IF NOT EXISTS (PostgreSQL)
+            # without IF NOT EXISTS: another process may have added it meanwhile
+            present = {c["name"] for c in inspect(conn).get_columns(table.name, table.schema)}
+            if column.name not in present:
+                raise
+            return
+        log.info("added column %s to %s", column.name, table.name)
+
+    def adds_if_not_exists(self, conn: Connection) -> bool:
+        """``ADD COLUMN IF NOT EXISTS`` is understood."""
+        return False
 
     def hold_writes(self, conn: Connection) -> None:
         """Make sure ``conn``'s transaction keeps other writers out from here on
@@ -176,6 +241,9 @@ class DialectRules:
 class MySQLRules(DialectRules):
     name = "mysql"
 
+    def adds_if_not_exists(self, conn: Connection) -> bool:
+        return bool(getattr(conn.dialect, "is_mariadb", False))
+
     def setup_session(self, conn: Connection, lock_timeout_ms: float | None) -> None:
         """The sync triggers stay out of the library's own writes (``@fourstep_sync``,
         see :mod:`fourstep_sqla.triggers`)."""
@@ -183,12 +251,11 @@ class MySQLRules(DialectRules):
         conn.commit()
 
     def teardown_session(self, conn: Connection) -> None:
-        if conn.closed:
-            return
-        if conn.in_transaction():
-            conn.rollback()
-        conn.exec_driver_sql("SET @fourstep_sync = NULL")
-        conn.commit()
+        def reset() -> None:
+            conn.exec_driver_sql("SET @fourstep_sync = NULL")
+            conn.commit()
+
+        settle(conn, reset)
 
 
 class PostgreSQLRules(DialectRules):
@@ -225,15 +292,44 @@ class PostgreSQLRules(DialectRules):
         conn.commit()
 
     def teardown_session(self, conn: Connection) -> None:
-        if conn.closed:
-            return
-        if conn.in_transaction():
-            conn.rollback()
-        conn.exec_driver_sql(
-            "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit; "
-            "RESET fourstep.sync"
-        )
-        conn.commit()
+        def reset() -> None:
+            conn.exec_driver_sql(
+                "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit; "
+                "RESET fourstep.sync"
+            )
+            conn.commit()
+
+        settle(conn, reset)
+
+    def begin_planning(self, conn: Connection, wait_seconds: float | None) -> None:
+        conn.begin()
+        wait_ms = 0 if wait_seconds is None else max(int(wait_seconds * 1000), 1)
+        # the session's lock_timeout is the batches' (below deadlock_timeout)
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
+
+    def place_identity(
+        self, conn: Connection, table: Table, columns: Sequence[Column[Any]]
+    ) -> str | None:
+        """``<table oid>:<attnum>,...``: a column dropped and added again gets a new
+        ``attnum`` (never reused), a table created again a new oid."""
+        rows = conn.execute(
+            text(
+                "SELECT attrelid::bigint AS rel, attname, attnum FROM pg_catalog.pg_attribute "
+                "WHERE attrelid = to_regclass(CAST(:table AS text)) AND attname IN :names "
+                "AND NOT attisdropped"
+            ).bindparams(bindparam("names", expanding=True)),
+            {
+                "table": conn.dialect.identifier_preparer.format_table(table),
+                "names": [c.name for c in columns],
+            },
+        ).all()
+        numbers = {r.attname: int(r.attnum) for r in rows}
+        if not rows or any(c.name not in numbers for c in columns):
+            return None
+        return f"{int(rows[0].rel)}:" + ",".join(str(numbers[c.name]) for c in columns)
+
+    def adds_if_not_exists(self, conn: Connection) -> bool:
+        return True
 
     def is_transient(self, exc: DBAPIError) -> bool:
         return self.sqlstate(exc) in self.retry_states

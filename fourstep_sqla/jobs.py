@@ -74,6 +74,9 @@ class Job:
 
     mode = "sql"
     kind = "fill"
+    #: a run of this job is checked with :meth:`left_behind` (fills are, repairs
+    #: are not: their ranges done is their end, :func:`fourstep_sqla.verify` their check)
+    checks_left_behind = False
 
     def __init__(
         self,
@@ -122,6 +125,14 @@ class Job:
         """Rows this job would still write (up to ``upper``), read-only."""
         raise NotImplementedError
 
+    def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
+        """Whether a row with a key up to ``upper`` is still pending after the
+        ranges of a run are done, apart from the ``skipped`` keys; read-only,
+        cheap when there is none (it stops at the first). Catches a run resumed
+        on columns added again, rows inserted past its upper bound, a writer
+        clearing the new place behind it."""
+        raise NotImplementedError
+
     def restart(self, conn: Connection) -> None:
         """Roll the batch back and begin it again, to redo it carefully."""
         conn.rollback()
@@ -168,6 +179,8 @@ class Job:
 # -- SQL mode ------------------------------------------------------------------------
 class SQLFill(Job):
     """``new = forward(old)`` where every new column is NULL, in the database."""
+
+    checks_left_behind = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -262,11 +275,46 @@ class SQLFill(Job):
         conn.rollback()
         return int(value)
 
+    def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
+        bounded = self.keys.between(None, upper)
+        keys = self._keys_where(conn, [bounded, self.pending()], len(skipped) + 1)
+        if keys is not None:
+            return any(k not in skipped for k in keys)
+        # the transform fails on some row: take the rows without evaluating it,
+        # and look at each of those not skipped alone
+        alone = 20
+        candidates = self._keys_where(
+            conn, [bounded, self.pending(with_forward=False)], len(skipped) + alone + 1
+        )
+        assert candidates is not None
+        unknown = [k for k in candidates if k not in skipped]
+        for key in unknown[:alone]:
+            found = self._keys_where(conn, [self.keys.equals(key), self.pending()], 1)
+            if found is None or found:  # a row the run would write, or fail on
+                return True
+        return len(unknown) > alone
+
+    def _keys_where(
+        self, conn: Connection, where: Sequence[ColumnElement[bool]], limit: int
+    ) -> list[Key] | None:
+        """The keys of up to ``limit`` rows where ``where`` holds, or None when the
+        SQL transform failed on a row while looking."""
+        try:
+            rows = conn.execute(select(*self.keys.columns).where(*where).limit(limit)).all()
+        except DBAPIError as exc:
+            if not self.rules.is_data_error(exc):
+                raise
+            return None
+        finally:
+            conn.rollback()
+        return [tuple(r) for r in rows]
+
 
 class SQLRepair(SQLFill):
     """``new = forward(old)`` where the places disagree (missing or mismatched)."""
 
     kind = "repair"
+    checks_left_behind = False
 
     def __init__(self, *args: Any, synced: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -359,6 +407,7 @@ class PythonFill(Job):
     """``new = forward(old)`` computed in Python, written with compare-and-set."""
 
     mode = "python"
+    checks_left_behind = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -562,12 +611,42 @@ class PythonFill(Job):
         conn.rollback()
         return count
 
+    def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
+        """First the keys alone (nothing pending, the usual answer, costs no row
+        read out); when some are, the rows streamed and the transform applied: a
+        row whose ``forward(old)`` is empty is left alone by the backfill, not
+        behind."""
+        width = self.width
+        where = (self.keys.between(None, upper), self.pending())
+        try:
+            found = conn.execute(
+                select(*self.keys.columns).where(*where).limit(len(skipped) + 1)
+            ).all()
+        finally:
+            conn.rollback()
+        if len(found) <= len(skipped) and all(tuple(k) in skipped for k in found):
+            return False
+        statement = select(*self.keys.columns, *self.spec.old_columns).where(*where)
+        result = conn.execute(statement.execution_options(yield_per=2_000))
+        try:
+            for rows in result.partitions():
+                writes, failed = self.compute(rows)
+                if any(tuple(w[:width]) not in skipped for w in writes):
+                    return True
+                if any(key not in skipped for key, _ in failed):
+                    return True
+            return False
+        finally:
+            result.close()
+            conn.rollback()
+
 
 class PythonRepair(PythonFill):
     """The repair computed in Python: rows whose places disagree get ``new =
     forward(old)``, guarded by compare-and-set on the old and the new value(s)."""
 
     kind = "repair"
+    checks_left_behind = False
 
     def __init__(
         self, *args: Any, synced: bool, marks: str | bool | None = False, **kwargs: Any

@@ -7,10 +7,18 @@ runner owns:
 
 - **the run**: a run is planned once (its key upper bound fixed, its key space
   split into ranges in ``fourstep_ranges``, one progress row per range in
-  ``fourstep_progress``) and resumed by every later call until it completes;
-  planning is serialised on the attribute's ``fourstep_state`` row;
+  ``fourstep_progress``, the identity of the columns it fills where the
+  database gives one) and resumed by every later call until it completes,
+  unless its columns were dropped and added again since; planning is
+  serialised on the attribute's ``fourstep_state`` row;
+- **the end of a run**: when its ranges are done, the table is checked for
+  pending rows up to the call's own upper bound (the last key when the call
+  started); a row left behind starts a new run, a bounded number of times,
+  and only a run after which none is left is marked complete;
 - **claims**: a worker claims a range by locking its row on a lease connection
   (``FOR UPDATE SKIP LOCKED``); a dead worker's lease dies with its connection;
+  a range another live process holds is waited for (polled), and taken over
+  from its cursor when its holder dies;
 - **batches**: one transaction per batch, with its progress row, so a run
   killed at any moment resumes exactly after its last committed batch; the
   batch size steers toward ``target_ms`` (at most doubling or halving per
@@ -31,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -45,6 +53,7 @@ from .state import (
     now,
     progress_table,
     ranges_table,
+    skipped_table,
     state_table,
 )
 
@@ -59,6 +68,14 @@ Key = tuple[Any, ...]
 
 MIN_BATCH = 50
 MAX_BATCH = 100_000
+#: runs one call works at most: the one it resumes or plans, then new runs for
+#: rows the check finds left behind (a run resumed on re-created columns, rows
+#: inserted past its upper bound); a row still pending after the last one is
+#: reported (``complete=False``, ``rows_left``), not chased for ever
+MAX_RUNS = 3
+#: polling for ranges held by another process: first wait and longest wait, s
+POLL_FIRST = 0.05
+POLL_MAX = 1.0
 
 
 # -- statements on the state tables, built once (values bound per call) --------
@@ -92,7 +109,9 @@ def _progress_step() -> Any:
         .where(_one_range(progress_table))
         .values(
             cursor_key=bindparam("p_cursor", type_=p.cursor_key.type),
-            done=bindparam("p_done", type_=p.done.type),
+            # sticky: on SQLite (no claims) two calls at once may walk one range,
+            # and the slower one's batch must not reopen what the other finished
+            done=or_(p.done, bindparam("p_done", type_=p.done.type)),
             rows_updated=p.rows_updated + bindparam("p_rows", type_=p.rows_updated.type),
             batches=p.batches + 1,
             updated_at=bindparam("p_now", type_=p.updated_at.type),
@@ -154,6 +173,14 @@ class Runner:
         self.read_ahead_engine: Engine | None = None
         #: ranges the key space is split into for a new run
         self.parts = 1
+        #: the last key when this call started: what "nothing pending" is checked
+        #: against (rows inserted later are the application's, as with a run's bound)
+        self.call_bound: Key | None = None
+        self.bound_fixed = False
+        #: the identity of the columns this job fills (see DialectRules.place_identity)
+        self.place: str | None = None
+        #: ranges this call's own workers hold right now (threads do not wait for them)
+        self.mine: set[int] = set()
 
     def budget_left(self) -> bool:
         if self.max_seconds is None:
@@ -164,82 +191,149 @@ class Runner:
         return False
 
     # -- plan / resume ----------------------------------------------------------
-    def open_run(self, conn: Connection) -> str | None:
-        """The run to work on: resumed if one is unfinished, else planned now."""
+    def open_run(self, conn: Connection, replacing: str | None = None) -> str | None:
+        """The run to work on: resumed if one is unfinished, else planned now;
+        None when the table is empty.
+
+        ``replacing``: the run just worked, whose ranges are done but which left
+        rows behind: a new run is planned, unless another process has already
+        moved on to a run of its own (then that one is joined).
+        """
+        self.rules.begin_planning(conn, self._wait())
+        try:
+            run_id = self._open_run(conn, replacing)
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            raise
+        return run_id
+
+    def _open_run(self, conn: Connection, replacing: str | None) -> str | None:
         key = self.key
-        with conn.begin():
-            self._lock_state_row(conn)
-            row = conn.execute(
-                select(state_table.c.run_id, state_table.c.run_status).where(
-                    state_table.c.key == key
-                )
-            ).one()
-            if row.run_id is not None and row.run_status in ("running", "failed"):
+        self._lock_state_row(conn)
+        row = conn.execute(
+            select(
+                state_table.c.run_id, state_table.c.run_status, state_table.c.run_place
+            ).where(state_table.c.key == key)
+        ).one()
+        self.place = self.rules.place_identity(conn, self.table, self.spec.new_columns)
+        same_place = row.run_place is None or self.place is None or row.run_place == self.place
+        if row.run_id is not None and same_place:
+            if replacing is None and row.run_status in ("running", "failed"):
                 log.info("%s: resuming backfill run %s", key, row.run_id)
+                self._fix_call_bound(self.keys.last_key(conn))
                 return str(row.run_id)
-            upper = self.keys.last_key(conn)
-            if upper is None:
-                log.info("%s: table %s is empty", key, self.table.description)
+            if replacing is not None and row.run_id != replacing:
+                log.info("%s: joining backfill run %s of another process", key, row.run_id)
+                return str(row.run_id)
+        elif row.run_id is not None and row.run_status != "complete":
+            log.warning(
+                "%s: backfill run %s filled columns dropped and added again since; its "
+                "cursors mean nothing for these: starting a new run", key, row.run_id,
+            )
+        upper = self.keys.last_key(conn)
+        self._fix_call_bound(upper)
+        if upper is None:
+            log.info("%s: table %s is empty", key, self.table.description)
+            return None
+        run_id = str(uuid.uuid4())
+        ranges = self.keys.split(conn, upper, self.parts)
+        conn.execute(
+            insert(ranges_table),
+            [
+                {
+                    "key": key,
+                    "run_id": run_id,
+                    "range_no": i,
+                    "lower_key": None if lo is None else encode_key(lo),
+                    "upper_key": encode_key(hi),
+                }
+                for i, (lo, hi) in enumerate(ranges)
+            ],
+        )
+        conn.execute(
+            insert(progress_table),
+            [
+                {
+                    "key": key,
+                    "run_id": run_id,
+                    "range_no": i,
+                    "cursor_key": None,
+                    "done": False,
+                    "rows_updated": 0,
+                    "batches": 0,
+                    "updated_at": now(),
+                }
+                for i in range(len(ranges))
+            ],
+        )
+        # older runs' plans are history nobody reads: keep the tables small
+        conn.execute(
+            ranges_table.delete().where(
+                ranges_table.c.key == key, ranges_table.c.run_id != run_id
+            )
+        )
+        conn.execute(
+            progress_table.delete().where(
+                progress_table.c.key == key, progress_table.c.run_id != run_id
+            )
+        )
+        conn.execute(
+            update(state_table)
+            .where(state_table.c.key == key)
+            .values(
+                run_id=run_id,
+                run_status="running",
+                run_upper_bound=encode_key(upper),
+                run_place=self.place,
+                run_started_at=now(),
+                run_finished_at=None,
+                updated_at=now(),
+            )
+        )
+        log.info(
+            "%s: new %s run %s up to key %r in %d range(s), %s mode",
+            key, self.job.kind, run_id, upper, len(ranges), self.job.mode,
+        )
+        return run_id
+
+    def already_complete(self, conn: Connection) -> str | None:
+        """The last run's id when it is complete, on these columns, and no row is
+        pending, not even one a transform failed on: a finished backfill run
+        again costs one look at the table, not a walk of its keys (read-only;
+        None otherwise)."""
+        if not self.job.checks_left_behind:
+            return None
+        row = conn.execute(
+            select(
+                state_table.c.run_id, state_table.c.run_status, state_table.c.run_place
+            ).where(state_table.c.key == self.key)
+        ).first()
+        try:
+            if row is None or row.run_id is None or row.run_status != "complete":
                 return None
-            run_id = str(uuid.uuid4())
-            ranges = self.keys.split(conn, upper, self.parts)
-            conn.execute(
-                insert(ranges_table),
-                [
-                    {
-                        "key": key,
-                        "run_id": run_id,
-                        "range_no": i,
-                        "lower_key": None if lo is None else encode_key(lo),
-                        "upper_key": encode_key(hi),
-                    }
-                    for i, (lo, hi) in enumerate(ranges)
-                ],
-            )
-            conn.execute(
-                insert(progress_table),
-                [
-                    {
-                        "key": key,
-                        "run_id": run_id,
-                        "range_no": i,
-                        "cursor_key": None,
-                        "done": False,
-                        "rows_updated": 0,
-                        "batches": 0,
-                        "updated_at": now(),
-                    }
-                    for i in range(len(ranges))
-                ],
-            )
-            # older runs' plans are history nobody reads: keep the tables small
-            conn.execute(
-                ranges_table.delete().where(
-                    ranges_table.c.key == key, ranges_table.c.run_id != run_id
-                )
-            )
-            conn.execute(
-                progress_table.delete().where(
-                    progress_table.c.key == key, progress_table.c.run_id != run_id
-                )
-            )
-            conn.execute(
-                update(state_table)
-                .where(state_table.c.key == key)
-                .values(
-                    run_id=run_id,
-                    run_status="running",
-                    run_upper_bound=encode_key(upper),
-                    run_started_at=now(),
-                    run_finished_at=None,
-                    updated_at=now(),
-                )
-            )
-            log.info(
-                "%s: new %s run %s up to key %r in %d range(s), %s mode",
-                key, self.job.kind, run_id, upper, len(ranges), self.job.mode,
-            )
-            return run_id
+            self.place = self.rules.place_identity(conn, self.table, self.spec.new_columns)
+            if row.run_place not in (None, self.place) and self.place is not None:
+                return None  # the columns were added again since
+            self._fix_call_bound(self.keys.last_key(conn))
+        finally:
+            conn.rollback()
+        # skipped rows count here: a call again tries them again (fixed since?)
+        if self.call_bound is not None and self.job.left_behind(conn, self.call_bound, set()):
+            return None
+        return str(row.run_id)
+
+    def _wait(self) -> float | None:
+        """How long a wait for another process may take: what is left of the
+        budget (None: no budget, as long as it takes)."""
+        if self.max_seconds is None:
+            return None
+        return max(self.max_seconds - (time.monotonic() - self.started), 0.001)
+
+    def _fix_call_bound(self, last: Key | None) -> None:
+        if not self.bound_fixed:
+            self.call_bound, self.bound_fixed = last, True
 
     def _lock_state_row(self, conn: Connection) -> None:
         """Make sure the state row exists and serialise run planning on it."""
@@ -316,32 +410,71 @@ class Runner:
         self, conn: Connection, lease: Connection, run_id: str, ahead: ReadAhead | None
     ) -> None:
         walk = Walk(self.first_batch)
-        todo = self.ranges_todo(conn, run_id)
-        for i, rng in enumerate(todo):
-            if self.stop_event.is_set() or not self.budget_left():
-                return
-            if not self.claim(lease, run_id, rng.range_no):
-                continue
-            try:
-                # re-read the cursor now that the range is ours
-                cursor_text = conn.execute(
-                    _CURSOR, {"p_key": self.key, "p_run": run_id, "p_range": rng.range_no}
-                ).one()
-                conn.rollback()
-                if cursor_text.done:
+        poll = POLL_FIRST
+        waiting_since: float | None = None
+        while True:
+            todo = self.ranges_todo(conn, run_id)
+            held = 0
+            for i, rng in enumerate(todo):
+                if self.stop_event.is_set() or not self.budget_left():
+                    return
+                with self.lock:
+                    if rng.range_no in self.mine:
+                        continue  # one of this call's own workers is on it
+                if not self.claim(lease, run_id, rng.range_no):
+                    held += 1
                     continue
-                cursor = decode_key(cursor_text.cursor_key) or decode_key(rng.lower_key)
-                upper = decode_key(rng.upper_key)
-                # where the next range (probably ours too) starts: read ahead into it
-                after = todo[i + 1] if i + 1 < len(todo) else None
-                walk.following = None if after is None else (
-                    decode_key(after.cursor_key) or decode_key(after.lower_key),
-                    decode_key(after.upper_key),
+                with self.lock:
+                    self.mine.add(rng.range_no)
+                try:
+                    # re-read the cursor now that the range is ours
+                    cursor_text = conn.execute(
+                        _CURSOR, {"p_key": self.key, "p_run": run_id, "p_range": rng.range_no}
+                    ).one()
+                    conn.rollback()
+                    if cursor_text.done:
+                        continue
+                    if waiting_since is not None:
+                        log.info(
+                            "%s: took over range %d of run %s from its cursor (its holder "
+                            "is gone)", self.spec.key, rng.range_no, run_id,
+                        )
+                    cursor = decode_key(cursor_text.cursor_key) or decode_key(rng.lower_key)
+                    upper = decode_key(rng.upper_key)
+                    # where the next range (probably ours too) starts: read ahead into it
+                    after = todo[i + 1] if i + 1 < len(todo) else None
+                    walk.following = None if after is None else (
+                        decode_key(after.cursor_key) or decode_key(after.lower_key),
+                        decode_key(after.upper_key),
+                    )
+                    self.work_range(conn, run_id, rng.range_no, cursor, upper, walk, ahead)
+                finally:
+                    with self.lock:
+                        self.mine.discard(rng.range_no)
+                    if lease.in_transaction():
+                        lease.rollback()
+            if not held:
+                return
+            # the rest is held by other live processes: wait until they finish
+            # it, or die and release it with their connection
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info(
+                    "%s: %d range(s) of run %s are being worked by another process; "
+                    "waiting for them", self.spec.key, held, run_id,
                 )
-                self.work_range(conn, run_id, rng.range_no, cursor, upper, walk, ahead)
-            finally:
-                if lease.in_transaction():
-                    lease.rollback()
+            budget = self._wait()
+            if self.stop_event.wait(poll if budget is None else min(poll, budget)):
+                return
+            if not self.budget_left():
+                with self.lock:
+                    self.report.held_elsewhere = max(self.report.held_elsewhere, held)
+                log.info(
+                    "%s: the time budget ran out while %d range(s) of run %s are held by "
+                    "another process", self.spec.key, held, run_id,
+                )
+                return
+            poll = min(poll * 2, POLL_MAX)
 
     def _batch_end(self, conn: Connection, lower: Key | None, upper: Key, walk: Walk) -> Key:
         return self.keys.batch_end(conn, lower, upper, walk.batch_size, dense=walk.dense)
@@ -492,35 +625,92 @@ class Runner:
             raise
         return updated, skipped
 
-    # -- the end -------------------------------------------------------------------
-    def finish(self, conn: Connection, run_id: str) -> bool:
-        """Mark the run complete when every range is done; True if so."""
-        with conn.begin():
-            left = conn.execute(
-                select(func.count())
-                .select_from(progress_table)
-                .where(
-                    progress_table.c.key == self.key,
-                    progress_table.c.run_id == run_id,
-                    progress_table.c.done.is_(False),
+    # -- the run, to its end ---------------------------------------------------------
+    def run(self, conn: Connection, engine: Engine, run_id: str, workers: int) -> bool:
+        """Work ``run_id``, then new runs while rows are left behind (at most
+        :data:`MAX_RUNS` in all); True when one is complete with none left."""
+        for number in range(1, MAX_RUNS + 1):
+            self.report.run_id = run_id
+            self.work_run(conn, engine, run_id, workers)
+            if not self.ranges_done(conn, run_id):
+                return False  # the budget ran out, or ranges are held elsewhere
+            if not self.left_behind(conn):
+                self.mark_complete(conn, run_id)
+                return True
+            if not self.budget_left():
+                return False  # rows left when the time budget ran out: the run stays open
+            if number == MAX_RUNS:
+                log.warning(
+                    "%s: the ranges of run %s are done but rows up to key %r are still "
+                    "pending after %d runs (a writer clearing the new place, or inserting "
+                    "the old one alone, meanwhile?); the run stays open: run the backfill "
+                    "again", self.spec.key, run_id, self.call_bound, MAX_RUNS,
                 )
-            ).scalar_one()
-            if left:
                 return False
+            log.warning(
+                "%s: the ranges of run %s are done but rows up to key %r are still "
+                "pending (rows inserted past its upper bound, or columns added again since "
+                "it started): a new run", self.spec.key, run_id, self.call_bound,
+            )
+            following = self.open_run(conn, replacing=run_id)
+            if following is None:  # the table was emptied meanwhile
+                self.mark_complete(conn, run_id)
+                return True
+            run_id = following
+        return False  # pragma: no cover - the loop returns
+
+    def work_run(self, conn: Connection, engine: Engine, run_id: str, workers: int) -> None:
+        """The ranges of ``run_id``: on this connection, or in ``workers`` threads."""
+        if workers == 1 or not self.rules.shares_ranges:
+            lease = engine.connect() if self.rules.shares_ranges else conn
+            try:
+                self.work(conn, lease, run_id)
+            finally:
+                if lease is not conn:
+                    lease.close()
+        else:
+            self.run_threads(engine, run_id, workers)
+
+    def ranges_done(self, conn: Connection, run_id: str) -> bool:
+        """Every range of ``run_id`` is done (read-only)."""
+        left = conn.execute(
+            select(func.count())
+            .select_from(progress_table)
+            .where(
+                progress_table.c.key == self.key,
+                progress_table.c.run_id == run_id,
+                progress_table.c.done.is_(False),
+            )
+        ).scalar_one()
+        conn.rollback()
+        return not left
+
+    def left_behind(self, conn: Connection) -> bool:
+        """A row up to the call's bound is still pending, apart from skipped keys."""
+        if self.call_bound is None or not self.job.checks_left_behind:
+            return False
+        rows = conn.execute(
+            select(skipped_table.c.row_key).where(skipped_table.c.key == self.key)
+        ).scalars().all()
+        conn.rollback()
+        skipped = {decode_key(row_key) for row_key in rows}
+        return self.job.left_behind(conn, self.call_bound, skipped)
+
+    def mark_complete(self, conn: Connection, run_id: str) -> None:
+        """Record ``run_id`` as complete (if it is still the attribute's run)."""
+        # the state row may be locked by another process planning: wait as planning does
+        self.rules.begin_planning(conn, self._wait())
+        try:
             conn.execute(
                 update(state_table)
                 .where(state_table.c.key == self.key, state_table.c.run_id == run_id)
                 .values(run_status="complete", run_finished_at=now(), updated_at=now())
             )
-        return True
-
-    def upper_bound(self, conn: Connection) -> Key | None:
-        text = conn.execute(
-            select(state_table.c.run_upper_bound).where(state_table.c.key == self.key)
-        ).scalar_one_or_none()
-        conn.rollback()
-        upper: Key | None = decode_key(text)
-        return upper
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            raise
 
     def run_threads(self, engine: Engine, run_id: str, workers: int) -> None:
         """``workers`` threads, each with its own batch and lease connections."""

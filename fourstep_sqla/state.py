@@ -7,8 +7,9 @@ tables, created on first use:
 ``fourstep_state``
     one row per phased attribute (registry key): the phase recorded by the
     last migration, the current or last backfill run (its id, status, the key
-    upper bound fixed when it started, rows updated, batches), and the last
-    verification (when, total, missing, mismatched, sample keys).
+    upper bound fixed when it started, the identity of the columns it fills
+    where the database gives one), and the last verification (when, total,
+    missing, mismatched, sample keys).
 ``fourstep_ranges``
     the key ranges of a backfill run, with each range's cursor. A worker
     claims a range by locking its row (``FOR UPDATE SKIP LOCKED``) on a lease
@@ -20,6 +21,11 @@ tables, created on first use:
     exactly where its last committed batch ended.
 ``fourstep_skipped``
     keys a transform failed on with ``on_error="skip"``, and the error.
+
+Columns added by later versions (``run_place``) are added to tables an older
+version created by :func:`ensure_state_tables`, idempotently; readers that
+may run first (:func:`read_state`, the start-up check) name their columns and
+never need them.
 
 Keys (primary key values) are stored as JSON arrays, one item per primary-key
 column, in the column's Python form (str for anything json cannot carry).
@@ -70,6 +76,9 @@ state_table = Table(
     Column("run_id", String(36)),
     Column("run_status", String(16)),  # running | complete | failed
     Column("run_upper_bound", Text),
+    # the identity of the columns the run fills, where the database gives one
+    # (PostgreSQL: "<table oid>:<attnum>,..."); a run on other columns is not resumed
+    Column("run_place", Text),
     Column("run_started_at", DateTime(timezone=True)),
     Column("run_finished_at", DateTime(timezone=True)),
     Column("verified_at", DateTime(timezone=True)),
@@ -119,13 +128,32 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+#: columns of the state tables that the first versions did not create
+ADDED_COLUMNS = (state_table.c.run_place,)
+
+
 def ensure_state_tables(bind: Engine | Connection) -> None:
-    """Create the state tables when missing (idempotent)."""
+    """Create the state tables when missing, and the columns later versions
+    added when an older version created the tables (idempotent)."""
     if isinstance(bind, Engine):
         with bind.begin() as conn:
-            STATE_METADATA.create_all(conn, checkfirst=True)
+            _ensure(conn)
     else:
-        STATE_METADATA.create_all(bind, checkfirst=True)
+        _ensure(bind)
+
+
+def _ensure(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    from .dialects import rules_for
+
+    STATE_METADATA.create_all(conn, checkfirst=True)
+    for column in ADDED_COLUMNS:
+        table = column.table
+        assert isinstance(table, Table)
+        present = {c["name"] for c in inspect(conn).get_columns(table.name, table.schema)}
+        if column.name not in present:
+            rules_for(conn).add_column(conn, table, column)
 
 
 def _jsonable(value: Any) -> Any:
@@ -212,7 +240,16 @@ def read_state(bind: Engine | Connection, key: str) -> AttributeState | None:
     def go(conn: Connection) -> AttributeState | None:
         if not inspect(conn).has_table("fourstep_state"):
             return None
-        row = conn.execute(select(state_table).where(state_table.c.key == key)).first()
+        c = state_table.c
+        # the columns named, not the table's: tables of an older version lack
+        # the ones added since, and this may run before anything adds them
+        row = conn.execute(
+            select(
+                c.recorded_phase, c.run_id, c.run_status, c.run_started_at, c.run_finished_at,
+                c.verified_at, c.verify_total, c.verify_missing, c.verify_mismatched,
+                c.verify_sample,
+            ).where(c.key == key)
+        ).first()
         if row is None:
             return None
         rows_updated = 0
