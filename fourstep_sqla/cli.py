@@ -23,15 +23,16 @@ Commands
     deploy timeout, ``kill -9``) resumes after its last committed batch when
     started again. Options:
 
-    ``--batch-size N``      rows in the first batch (default 4000), then adapted
-                            toward ``--target-ms``
-    ``--target-ms MS``      target duration of one batch (default 40); 0 keeps
-                            the batch size fixed
-    ``--pause-ms MS``       sleep between batches (default 0)
-    ``--max-seconds S``     time budget for the whole command; when it runs out
-                            the command stops after the batch in flight (exit 3)
-    ``--workers N``         threads sharing the key ranges (default 1; on SQLite
-                            the ranges run one after the other)
+    ``--batch-size N``      rows in the first batch, 1 to 100000 (default 4000),
+                            then adapted toward ``--target-ms``
+    ``--target-ms MS``      target duration of one batch, 0 to 10000 (default
+                            40); 0 keeps the batch size fixed
+    ``--pause-ms MS``       sleep between batches, 0 to 60000 (default 0)
+    ``--max-seconds S``     time budget for the whole command, above 0 and at
+                            most 604800 (a week); when it runs out the command
+                            stops after the batch in flight (exit 3)
+    ``--workers N``         threads sharing the key ranges, 1 to 32 (default 1;
+                            on SQLite the ranges run one after the other)
     ``--on-error stop|skip`` when the transform fails on a row: stop, writing
                             nothing of that batch (default), or record the row
                             in ``fourstep_skipped`` and go on (exit 1 at the end)
@@ -41,15 +42,15 @@ Commands
                             counts them), not only where the new place is empty:
                             for rows written past the sync triggers, or before
                             them. The old place wins. A run of its own, resumable.
-    ``--lock-timeout-ms MS`` PostgreSQL lock_timeout per batch (capped below half
-                            of the server's deadlock_timeout)
+    ``--lock-timeout-ms MS`` PostgreSQL lock_timeout per batch, 1 to 60000
+                            (capped below half of the server's deadlock_timeout)
 ``verify``
     Sort every row by how its places relate (read-only; see
     :mod:`fourstep_sqla.verify`): missing, mismatched (exit 1), lossy (the drop
     refuses them unless told to accept the loss) and unstable (a warning), and
     record the result for ``status``. Options: ``--batch-size N`` (rows per scan
-    batch, default 50000), ``--sample-size N`` (keys of bad rows to show,
-    default 10).
+    batch, 1 to 1000000, default 50000), ``--sample-size N`` (keys of bad rows
+    to show, 1 to 1000, default 10).
     ``status --check`` also runs the deploy-order guard (:func:`fourstep_sqla.check`)
     and exits 1 when this code must not run on this database.
 ``revision --step 1|2|3|4 KEY -m MESSAGE``
@@ -68,7 +69,8 @@ Common options (after the command)
 ``--url URL``       the database (SQLAlchemy URL). Else ``FOURSTEP_DATABASE_URL``,
                     else ``sqlalchemy.url`` of the ``[alembic]`` section of
                     ``alembic.ini`` in the current directory (``%(here)s`` is
-                    the file's directory).
+                    the file's directory; a literal ``%`` is written ``%%``,
+                    as Alembic reads it).
 ``--config PATH``   read that ini file instead of ``./alembic.ini``.
 ``--models MODULE`` the models module, dotted (``myapp.models``), imported with
                     the current directory on ``sys.path``. Else ``FOURSTEP_MODELS``.
@@ -89,7 +91,8 @@ On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
   eta_seconds, batch_size, last_batch_ms;
 - ``done`` (backfill, one per attribute): key, mode, rows_updated, batches,
   seconds, rows_left, skipped_keys, complete, budget_exhausted, dry_run, repair,
-  dropped (step 4 done: nothing to fill);
+  dropped (step 4 done: nothing to fill), held_elsewhere (ranges another process
+  running the same backfill still held when the time budget ran out);
 - ``verify``: key, ok, total, missing, mismatched, sample_keys, lossy, lossy_keys,
   unstable, unstable_keys, synced, seconds, mode, dropped (step 4 done), notes (what
   to do, one line each);
@@ -97,17 +100,26 @@ On a terminal: tables and a progress bar (rows/s, ETA). Otherwise, or with
 
 Primary keys are shown as JSON arrays, one item per key column.
 
+No password is ever printed: every error, JSON line, forwarded log line,
+warning and traceback goes through :func:`fourstep_sqla.scrub.scrub`, which
+masks the password of the URLs this run knows (``--url``,
+``FOURSTEP_DATABASE_URL``, the ``sqlalchemy.url`` of the ini file) and of
+anything that looks like ``scheme://user:password@host``.
+
 Exit codes
 ----------
 - 0: done and consistent;
-- 1: a backfill failed or skipped rows, ``verify`` found missing or
-  mismatched rows, or the database failed while a command ran;
-- 2: usage or configuration error (bad option, unknown key, no or unreachable
-  database, models module missing or failing to import): one line on stderr,
-  starting with ``fourstep: error:``;
+- 1: a backfill failed, skipped rows or left rows pending that a writer keeps
+  leaving behind, ``verify`` found missing or
+  mismatched rows, or the database failed while a command ran (a connection
+  the server closed or terminated is named as such: run the command again, a
+  backfill resumes after its last committed batch);
+- 2: usage or configuration error (bad option, a number outside its range,
+  unknown key, no or unreachable database, models module missing or failing to
+  import): one line on stderr, starting with ``fourstep: error:``;
 - 3: ``backfill`` did not finish: its ``--max-seconds`` budget ran out with
-  rows left (or other processes still hold ranges of the run); run it again to
-  resume;
+  rows left (or while it waited for ranges another process running the same
+  backfill holds); run it again to resume;
 - 130: interrupted (Ctrl-C); a backfill resumes where it stopped.
 """
 
@@ -123,6 +135,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -131,8 +144,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import Engine, create_engine, func, inspect, make_url, select
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    PendingRollbackError,
+    SQLAlchemyError,
+)
 
 from .backfill import (
     DEFAULT_FIRST_BATCH,
@@ -143,6 +161,8 @@ from .backfill import (
 )
 from .errors import FourStepError, NoSyncTriggersWarning
 from .registry import all_specs, load_models
+from .runner import MAX_BATCH
+from .scrub import scrub
 from .state import AttributeState, read_state
 from .triggers import triggers_present
 from .verify import VerifyResult, verify
@@ -173,14 +193,47 @@ class UsageError(Exception):
     """Bad input or configuration: one line on stderr, exit 2."""
 
 
-# -- small helpers ------------------------------------------------------------
+# -- what is shown: one line, no password --------------------------------------
+#: the database URLs this run has seen (``--url``, ``FOURSTEP_DATABASE_URL``,
+#: alembic.ini's ``sqlalchemy.url`` as written and as read): their passwords
+#: are masked in everything the command prints
+_known_urls: list[str] = []
+
+
+def _remember_url(url: str | None) -> None:
+    if url and url not in _known_urls:
+        _known_urls.append(url)
+
+
+def _clean(text: str) -> str:
+    """``text`` with every password masked (:func:`fourstep_sqla.scrub.scrub`)."""
+    return scrub(str(text), _known_urls)
+
+
 def _one_line(text: str) -> str:
     """``text`` on one line: its non-empty lines joined."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {_clean(_one_line(message))}", file=sys.stderr, flush=True)
+
+
+def _stderr(text: str) -> None:
+    """Write ``text`` (a warning, a traceback) to stderr, passwords masked."""
+    sys.stderr.write(_clean(text))
+    sys.stderr.flush()
+
+
+def _clean_fields(value: Any) -> Any:
+    """A JSON event's fields with every string masked (keys of rows included)."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict):
+        return {k: _clean_fields(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_fields(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,7 +243,7 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return value.hex()
-    return str(value)
+    return _clean(str(value))
 
 
 def _keys_json(keys: Sequence[Sequence[Any]]) -> list[list[Any]]:
@@ -232,18 +285,21 @@ class _Output:
         return self._console
 
     def emit(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, **fields}, default=_jsonable)
+        line = json.dumps({"event": event, **_clean_fields(fields)}, default=_jsonable)
         with self._lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
     def text(self, line: str) -> None:
+        line = _clean(line)
         if self.rich:
             self.console.print(line)
         else:
             print(line, flush=True)
 
     def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        title = _clean(title)
+        rows = [[_clean(cell) for cell in row] for row in rows]
         if self.rich:
             from rich import box
             from rich.table import Table
@@ -282,31 +338,59 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{PROG} --help')")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
+#: the ranges of the numeric options: beyond them a value is a typo, or would
+#: overflow a database integer or a sleep, or (a PostgreSQL lock_timeout below
+#: 1 ms, which is 0) switch a safety off
+MAX_WORKERS = 32  # two connections each: 66 of PostgreSQL's default 100
+MAX_TARGET_MS = 10_000.0
+MAX_PAUSE_MS = 60_000.0
+MAX_SECONDS = 7 * 24 * 3600.0
+MAX_LOCK_TIMEOUT_MS = 60_000.0
+MAX_VERIFY_BATCH = 1_000_000
+MAX_SAMPLE_SIZE = 1_000
+MAX_DEMO_ROWS = 1_000_000
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
-    return value
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, not {text!r}")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, not {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, *, above_low: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a number from ``low`` (or above it) to ``high``."""
+    allowed = (
+        f"a number above {_number(low)} and at most {_number(high)}"
+        if above_low
+        else f"a number from {_number(low)} to {_number(high)}"
+    )
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        fits = low < value <= high if above_low else low <= value <= high
+        if not fits:  # NaN fits nothing
+            raise argparse.ArgumentTypeError(f"expected {allowed}, not {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,29 +428,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bf = commands.add_parser("backfill", parents=[common], help="write new = forward(old)")
-    bf.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                    help=f"rows in the first batch (default {DEFAULT_FIRST_BATCH})")
-    bf.add_argument("--target-ms", type=_non_negative_float, default=40.0, metavar="MS",
-                    help="target batch duration; 0 keeps the batch size fixed (default 40)")
-    bf.add_argument("--pause-ms", type=_non_negative_float, default=0.0, metavar="MS",
-                    help="sleep between batches (default 0)")
-    bf.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
-                    help="time budget; exit 3 when it runs out with rows left")
-    bf.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                    help="parallel workers (default 1)")
+    bf.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=None, metavar="N",
+                    help=f"rows in the first batch, 1 to {MAX_BATCH} "
+                    f"(default {DEFAULT_FIRST_BATCH})")
+    bf.add_argument("--target-ms", type=_float_in(0, MAX_TARGET_MS), default=40.0,
+                    metavar="MS", help=f"target batch duration, 0 to {_number(MAX_TARGET_MS)}; "
+                    f"0 keeps the batch size fixed (default 40)")
+    bf.add_argument("--pause-ms", type=_float_in(0, MAX_PAUSE_MS), default=0.0, metavar="MS",
+                    help=f"sleep between batches, 0 to {_number(MAX_PAUSE_MS)} (default 0)")
+    bf.add_argument("--max-seconds", type=_float_in(0, MAX_SECONDS, above_low=True),
+                    default=None, metavar="S", help=f"time budget, at most {_number(MAX_SECONDS)}; "
+                    f"exit 3 when it runs out with rows left")
+    bf.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=1, metavar="N",
+                    help=f"parallel workers, 1 to {MAX_WORKERS} (default 1)")
     bf.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                     help="when the transform fails on a row (default stop)")
     bf.add_argument("--dry-run", action="store_true", help="count pending rows, write nothing")
     bf.add_argument("--repair", action="store_true",
                     help="rewrite new = forward(old) wherever the two places disagree")
-    bf.add_argument("--lock-timeout-ms", type=_positive_float, default=None, metavar="MS",
-                    help="PostgreSQL lock_timeout per batch")
+    bf.add_argument("--lock-timeout-ms", type=_float_in(1, MAX_LOCK_TIMEOUT_MS), default=None,
+                    metavar="MS", help=f"PostgreSQL lock_timeout per batch, 1 to "
+                    f"{_number(MAX_LOCK_TIMEOUT_MS)}")
 
     vf = commands.add_parser("verify", parents=[common], help="compare forward(old) with new")
-    vf.add_argument("--batch-size", type=_positive_int, default=50_000, metavar="N",
-                    help="rows per scan batch (default 50000)")
-    vf.add_argument("--sample-size", type=_positive_int, default=10, metavar="N",
-                    help="keys of bad rows to report (default 10)")
+    vf.add_argument("--batch-size", type=_int_in(1, MAX_VERIFY_BATCH), default=50_000,
+                    metavar="N", help=f"rows per scan batch, 1 to {MAX_VERIFY_BATCH} "
+                    f"(default 50000)")
+    vf.add_argument("--sample-size", type=_int_in(1, MAX_SAMPLE_SIZE), default=10, metavar="N",
+                    help=f"keys of bad rows to report, 1 to {MAX_SAMPLE_SIZE} (default 10)")
 
     st.add_argument("--check", action="store_true",
                     help="exit 1 when this code's phases do not fit the database")
@@ -378,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = commands.add_parser("demo", help="walk the four steps on an embedded SQLite database")
     dm.add_argument("--url", default=None, help="database URL (default: a new SQLite file)")
-    dm.add_argument("--rows", type=_positive_int, default=5000, help="rows to start with")
+    dm.add_argument("--rows", type=_int_in(1, MAX_DEMO_ROWS), default=5000,
+                    help=f"rows to start with, 1 to {MAX_DEMO_ROWS} (default 5000)")
     return parser
 
 
@@ -388,8 +478,7 @@ def _setup_logging(verbosity: int) -> None:
         # writes to whatever sys.stderr is now (rich redirects it under a live display)
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                sys.stderr.write(self.format(record) + "\n")
-                sys.stderr.flush()
+                _stderr(self.format(record) + "\n")
             except Exception:
                 self.handleError(record)
 
@@ -407,6 +496,30 @@ def _setup_logging(verbosity: int) -> None:
         sql.setLevel(logging.INFO)
 
 
+def _ini_path(args: argparse.Namespace) -> str:
+    config = getattr(args, "config", None)  # ``demo`` has no --config
+    return str(config) if config else "alembic.ini"
+
+
+def _remember_urls(args: argparse.Namespace) -> None:
+    """Note every URL this run may show, before anything can fail: an import
+    error of the models module or a bad alembic.ini may quote one."""
+    _remember_url(getattr(args, "url", None))
+    _remember_url(os.environ.get("FOURSTEP_DATABASE_URL", "").strip())
+    path = _ini_path(args)
+    if not os.path.isfile(path):
+        return
+    raw = configparser.RawConfigParser()
+    try:
+        raw.read(path, encoding="utf-8")
+        written = raw.get("alembic", "sqlalchemy.url", fallback="").strip()
+    except (configparser.Error, UnicodeDecodeError):
+        return
+    _remember_url(written)
+    # as configparser (and so Alembic) reads it: "%%" is "%"
+    _remember_url(written.replace("%%", "%"))
+
+
 def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
     """The database URL and where it came from."""
     if args.url:
@@ -414,7 +527,7 @@ def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
     env = os.environ.get("FOURSTEP_DATABASE_URL", "").strip()
     if env:
         return env, "FOURSTEP_DATABASE_URL"
-    path = str(args.config) if args.config else "alembic.ini"
+    path = _ini_path(args)
     if not os.path.isfile(path):
         if args.config:
             raise UsageError(f"--config {path}: no such file")
@@ -428,21 +541,38 @@ def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
     try:
         ini.read(path, encoding="utf-8")
         url = ini.get("alembic", "sqlalchemy.url", fallback="").strip()
-    except configparser.Error as exc:
+    except configparser.InterpolationError as exc:
+        raise UsageError(_interpolation_problem(path, exc)) from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     if not url:
         raise UsageError(
             f"no database URL: {path} sets no sqlalchemy.url in its [alembic] section; "
             f"pass --url or set FOURSTEP_DATABASE_URL"
         )
+    _remember_url(url)
     return url, path
 
 
-def _scrub(text: str, url: URL) -> str:
-    password = url.password
-    if password:
-        text = text.replace(str(password), "***")
-    return text
+def _interpolation_problem(path: str, exc: configparser.InterpolationError) -> str:
+    """What is wrong with a value of ``path``, without quoting it: configparser's
+    own message quotes the value, password included."""
+    where = f"{path}: {exc.option} in [{exc.section}]"
+    if isinstance(exc, configparser.InterpolationSyntaxError):
+        return (
+            f"{where} has a '%' followed by neither '%' nor '(': write each '%' of the "
+            f"value (a percent-encoded password, say) as '%%'; Alembic reads the file "
+            f"the same way"
+        )
+    if isinstance(exc, configparser.InterpolationMissingOptionError):
+        return (
+            f"{where} refers to %({exc.reference})s, which [{exc.section}] does not set "
+            f"(%(here)s, the file's directory, is the only one predefined); set it, or "
+            f"write a literal '%' as '%%'"
+        )
+    return (
+        f"{where} cannot be interpolated ({type(exc).__name__}); write a literal '%' as '%%'"
+    )
 
 
 def _connect(url_text: str, source: str, workers: int) -> Engine:
@@ -451,6 +581,7 @@ def _connect(url_text: str, source: str, workers: int) -> Engine:
         url = make_url(url_text)
     except (ArgumentError, ValueError):
         raise UsageError(f"invalid database URL (from {source})") from None
+    _remember_url(url.render_as_string(hide_password=False))
     shown = url.render_as_string(hide_password=True)
     kwargs: dict[str, Any] = {}
     backend = url.get_backend_name()
@@ -462,14 +593,14 @@ def _connect(url_text: str, source: str, workers: int) -> Engine:
     try:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ImportError, ArgumentError, TypeError) as exc:
-        message = _scrub(f"{type(exc).__name__}: {exc}", url)
+        message = f"{type(exc).__name__}: {exc}"
         raise UsageError(f"cannot use database URL {shown} (from {source}): {message}") from None
     try:
         with engine.connect():
             pass
     except DBAPIError as exc:
         engine.dispose()
-        detail = _scrub(_one_line(str(exc.orig)), url)
+        detail = _one_line(str(exc.orig))
         raise UsageError(
             f"cannot connect to the database at {shown} (from {source}): "
             f"{type(exc.orig).__name__}: {detail}"
@@ -499,8 +630,10 @@ def _load_specs(args: argparse.Namespace) -> list[PhasedSpec]:
         if issubclass(warning.category, NoSyncTriggersWarning):
             log.info("%s", warning.message)
         else:
-            warnings.showwarning(warning.message, warning.category, warning.filename,
-                                 warning.lineno)
+            _stderr(
+                warnings.formatwarning(warning.message, warning.category, warning.filename,
+                                       warning.lineno, warning.line)
+            )
     registered = {spec.key: spec for spec in all_specs()}
     keys: list[str] = list(dict.fromkeys(args.keys))
     if not keys:
@@ -603,7 +736,10 @@ def _cmd_status(ctx: _Context) -> int:
             info = _status_of(ctx, spec)
         except (SQLAlchemyError, FourStepError) as exc:
             code = EXIT_FAILED
-            message = f"{spec.key}: cannot read the status: {_describe(exc)}"
+            message = (
+                f"{spec.key}: cannot read the status: "
+                f"{_cause(exc, again='Run the same command again')}"
+            )
             _error(message)
             if out.json:
                 out.emit("error", key=spec.key, error=message)
@@ -651,6 +787,81 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, FourStepError):
         return _one_line(str(exc))
     return f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _cause(exc: BaseException, *, again: str) -> str:
+    """What went wrong, on one line; for a lost connection its real cause, then
+    ``again`` (what to do)."""
+    lost = _lost_connection(exc)
+    if lost is not None:
+        return f"{lost}. {again}"
+    return _describe(exc)
+
+
+#: PostgreSQL: the server ended the backend (administrator command, crash,
+#: starting up or shutting down)
+_ENDED_STATES = frozenset({"57P01", "57P02", "57P03"})
+#: MySQL/MariaDB client errors: server gone away, connection lost
+_MYSQL_LOST = frozenset({2006, 2013, 2055})
+
+
+def _lost_connection(exc: BaseException) -> str | None:
+    """Why the database connection was lost, when ``exc`` says so itself or
+    was raised from, or while handling, an error that does; else None.
+
+    SQLAlchemy refuses a connection lost inside a transaction until it is
+    rolled back (``PendingRollbackError``): that refusal hides the real cause,
+    which is further down the chain.
+    """
+    chain = _chain(exc)
+    for error in chain:
+        if isinstance(error, DBAPIError) and _is_disconnect(error):
+            cause = f"{type(error.orig).__name__}: {_one_line(str(error.orig))}"
+            if _sqlstate(error.orig) == "57P01":
+                # a parallel worker of a query can be terminated alone
+                whose = (
+                    "this command's connection" if error.connection_invalidated
+                    else "a server process working for this command"
+                )
+                return (
+                    f"the database server terminated {whose} ({cause}; by "
+                    f"pg_terminate_backend, or the server shutting down)"
+                )
+            return f"the database server closed the connection ({cause})"
+    if any(isinstance(error, PendingRollbackError) for error in chain):
+        return (
+            "the connection to the database was lost inside a transaction (the server "
+            "closed it or terminated its backend)"
+        )
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or while handling."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop(0)
+        if error is None or any(error is seen for seen in found):
+            continue
+        found.append(error)
+        todo.extend((error.__cause__, error.__context__))
+    return found
+
+
+def _sqlstate(orig: object) -> str | None:
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _is_disconnect(error: DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    state = _sqlstate(error.orig)
+    if state is not None:
+        return state in _ENDED_STATES or state.startswith("08")
+    args: tuple[Any, ...] = getattr(error.orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_LOST
 
 
 def _rate(p: BackfillProgress) -> tuple[float | None, float | None]:
@@ -707,7 +918,7 @@ class _PlainProgress:
         total = "?" if p.rows_pending_at_start is None else f"{p.rows_pending_at_start:,}"
         speed = "" if rate is None else f", {rate:,.0f} rows/s"
         left = "" if eta is None else f", ETA {eta:,.0f} s"
-        print(f"{p.key}: {p.rows_updated:,}/{total} rows{speed}{left}", flush=True)
+        print(_clean(f"{p.key}: {p.rows_updated:,}/{total} rows{speed}{left}"), flush=True)
 
 
 @contextmanager
@@ -773,6 +984,7 @@ def _report_done(out: _Output, report: BackfillReport) -> None:
             dry_run=report.dry_run,
             repair=report.repair,
             dropped=report.dropped,
+            held_elsewhere=report.held_elsewhere,
         )
         return
     if report.dropped:
@@ -786,12 +998,19 @@ def _report_done(out: _Output, report: BackfillReport) -> None:
         return
     if report.complete:
         state = "complete"
+    elif report.budget_exhausted and report.held_elsewhere:
+        state = (
+            f"time budget spent waiting for another process running this backfill "
+            f"({report.held_elsewhere} range(s) it holds), {report.rows_left:,} row(s) left; "
+            f"let it finish, or run again"
+        )
     elif report.budget_exhausted:
         state = f"time budget spent, {report.rows_left:,} row(s) left; run again to resume"
     else:
         state = (
-            f"{report.rows_left:,} row(s) left in ranges other processes hold; run again "
-            f"to finish"
+            f"{report.rows_left:,} row(s) still pending after the backfill's runs: a writer "
+            f"keeps leaving rows with only the old place written (sync triggers missing?); "
+            f"find it, then run again"
         )
     out.text(
         f"{report.key}: {report.rows_updated:,} row(s) written in {report.batches:,} "
@@ -831,7 +1050,11 @@ def _cmd_backfill(ctx: _Context) -> int:
                     progress=progress,
                 )
         except (FourStepError, SQLAlchemyError) as exc:
-            message = f"{spec.key}: backfill failed: {_describe(exc)}"
+            message = f"{spec.key}: backfill failed: " + _cause(
+                exc,
+                again="Every batch committed before it is kept: run the same command "
+                "again; the backfill resumes where it stopped",
+            )
             rest = [s.key for s in ctx.specs[index + 1 :]]
             if rest:
                 message += f" (not started: {', '.join(rest)})"
@@ -840,8 +1063,9 @@ def _cmd_backfill(ctx: _Context) -> int:
             _error(message)
             return EXIT_FAILED
         _report_done(out, report)
-        if report.skipped_keys:
-            code = EXIT_FAILED
+        if report.skipped_keys or not (report.complete or report.dry_run
+                                       or report.budget_exhausted):
+            code = EXIT_FAILED  # rows failed, or stay pending whatever the time given
         elif not report.complete and not report.dry_run and code == EXIT_OK:
             code = EXIT_BUDGET
     return code
@@ -865,7 +1089,9 @@ def _cmd_verify(ctx: _Context) -> int:
                 )
         except (FourStepError, SQLAlchemyError) as exc:
             code = EXIT_FAILED
-            message = f"{spec.key}: verify failed: {_describe(exc)}"
+            message = f"{spec.key}: verify failed: " + _cause(
+                exc, again="Verify writes nothing: run the same command again"
+            )
             if out.json:
                 out.emit("error", key=spec.key, error=message)
             _error(message)
@@ -1017,6 +1243,7 @@ def _cmd_revision(ctx: _Context, url: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    _known_urls.clear()
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -1024,14 +1251,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else 2
-    command = str(args.command)
-    if command == "demo":
-        from .demo import run_demo
+    _remember_urls(args)
+    with _scrubbed_hooks():
+        return _run(args)
 
-        return run_demo(args.url, echo=lambda line: print(line, flush=True), rows=args.rows)
-    _setup_logging(int(args.verbose))
+
+def _run(args: argparse.Namespace) -> int:
+    command = str(args.command)
+    verbosity = int(getattr(args, "verbose", 0))
     engine: Engine | None = None
     try:
+        if command == "demo":
+            from .demo import run_demo
+
+            if args.url:  # unreachable: a configuration error, as for every command
+                _connect(args.url, "--url", 1).dispose()
+            return run_demo(
+                args.url, echo=lambda line: print(_clean(line), flush=True), rows=args.rows
+            )
+        _setup_logging(verbosity)
         specs = _load_specs(args)
         url, source = _resolve_url(args)
         engine = _connect(url, source, int(getattr(args, "workers", 1)))
@@ -1051,9 +1289,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `fourstep status | head`
         sys.stderr.close()
         return EXIT_FAILED
+    except (FourStepError, SQLAlchemyError) as exc:
+        _error(f"{command} failed: {_cause(exc, again='Run the same command again')}")
+        return EXIT_FAILED
+    except Exception as exc:  # a bug, or a models module's own error: one line, masked
+        if verbosity:
+            _stderr("".join(traceback.format_exception(exc)))
+        hint = (
+            "" if verbosity or _lost_connection(exc) is not None
+            else " (run with -v to see the traceback)"
+        )
+        _error(f"{command} failed: {_cause(exc, again='Run the same command again')}{hint}")
+        return EXIT_FAILED
     finally:
         if engine is not None:
             engine.dispose()
+
+
+@contextmanager
+def _scrubbed_hooks() -> Iterator[None]:
+    """Tracebacks Python prints by itself (an uncaught error in a thread, an
+    error in a finaliser) go through the same masking while the command runs."""
+
+    def thread_hook(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_type is SystemExit:
+            return
+        name = hook.thread.name if hook.thread is not None else "a thread"
+        _stderr(
+            f"Exception in thread {name}:\n"
+            + "".join(traceback.format_exception(hook.exc_type, hook.exc_value,
+                                                 hook.exc_traceback))
+        )
+
+    def unraisable_hook(hook: Any) -> None:
+        where = f"{hook.err_msg or 'Exception ignored in'}: {hook.object!r}\n"
+        _stderr(
+            where + "".join(traceback.format_exception(hook.exc_type, hook.exc_value,
+                                                       hook.exc_traceback))
+        )
+
+    saved = threading.excepthook, sys.unraisablehook
+    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+    try:
+        yield
+    finally:
+        threading.excepthook, sys.unraisablehook = saved
 
 
 if __name__ == "__main__":
