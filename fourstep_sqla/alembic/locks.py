@@ -55,6 +55,8 @@ One run at a time
 
 ``context.configure(fourstep_lock_safety=False)`` turns all of this off;
 ``fourstep_migration_lock=False`` only the advisory lock.
+Offline (``--sql``) scripts get their own ``SET LOCAL lock_timeout`` per
+revision and their gates first: see :mod:`fourstep_sqla.alembic.offline`.
 SQLite has one writer at a time and no lock timeout: there only the drop
 gates run first.
 """
@@ -83,6 +85,7 @@ from ..ddl import (
     retried_by_migration,
     retry_delay,
 )
+from . import offline
 from .indexes import concurrent, run_index_op
 
 __all__ = ["MigrationLocks", "active", "lock_error", "lock_policy"]
@@ -358,11 +361,16 @@ class MigrationLocks:
 
 
 # -- one run at a time ----------------------------------------------------------------------
-def _lock_name(context: MigrationContext) -> str:
+def _lock_name(context: MigrationContext, connection: Connection) -> str:
+    """One lock per version table: its schema (else the connection's current one,
+    as a tenant's ``search_path`` or database picks it) and its name."""
     version = getattr(context, "_version", None)
     name = getattr(version, "name", "alembic_version")
-    schema = getattr(version, "schema", None) or ""
-    return f"fourstep_sqla.migrations:{schema}.{name}"
+    schema = getattr(version, "schema", None)
+    if schema is None:
+        current = "current_schema()" if connection.dialect.name == "postgresql" else "DATABASE()"
+        schema = connection.exec_driver_sql(f"SELECT {current}").scalar()
+    return f"fourstep_sqla.migrations:{schema or ''}.{name}"
 
 
 @contextmanager
@@ -372,7 +380,7 @@ def _one_run_at_a_time(context: MigrationContext) -> Iterator[None]:
     if connection is None or dialect not in ("postgresql", "mysql", "mariadb"):
         yield
         return
-    name = _lock_name(context)
+    name = _lock_name(context, connection)
     # a connection of its own, so the lock outlives the revisions' transactions and
     # dies with the process
     holder = connection.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -462,6 +470,9 @@ _original_invoke = Operations.invoke
 
 
 def _run_migrations(self: MigrationContext, **kw: Any) -> None:
+    if self.as_sql:  # the script's own lock_timeout and order (see the offline module)
+        offline.run_migrations(self, _original_run_migrations, lock_policy(self.opts), kw)
+        return
     if not _enabled(self) or self in _GUARDS:
         _original_run_migrations(self, **kw)
         return
@@ -504,6 +515,10 @@ def _run_migrations(self: MigrationContext, **kw: Any) -> None:
 @contextmanager
 def _autocommit_block(self: MigrationContext) -> Iterator[None]:
     guard = _GUARDS.get(self)
+    if guard is None and self.as_sql:
+        with offline.autocommit_block(self, _original_autocommit_block):
+            yield
+        return
     if guard is None:
         with _original_autocommit_block(self):
             yield
@@ -518,6 +533,8 @@ def _dispatch(operations: Operations, operation: MigrateOperation) -> Any:
 
 def _invoke(self: Operations, operation: MigrateOperation) -> Any:
     guard = _GUARDS.get(self.migration_context)
+    if guard is None and self.migration_context.as_sql:
+        return offline.invoke(self, operation, _dispatch)
     if guard is None:
         return _dispatch(self, operation)
     return guard.invoke(self, operation, _dispatch)

@@ -9,7 +9,8 @@ Importing :mod:`fourstep_sqla.alembic` (in ``env.py``) registers them:
 ``op.backfill(key, table_name, old, new, forward_sql=..., forward=...)`` (step 3)
     runs the backfill engine inside the migration, each batch committed on
     its own (in an autocommit block, on fresh connections of the same engine),
-    resumable; one ``UPDATE`` in offline ``--sql`` mode. Reverse:
+    resumable; in committed batches in offline ``--sql`` mode too (see
+    :mod:`fourstep_sqla.alembic.offline`). Reverse:
     ``op.record_phase`` back to step 2 (the data stays).
 ``op.drop_old(key, table_name, old, new, forward_sql=..., backward_sql=...)`` (step 4)
     refuses, with counts and sample keys, while any row would lose data; then
@@ -34,10 +35,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, MetaData, Table, and_, func, or_, select, text, update
-from sqlalchemy import table as table_clause
+from sqlalchemy import Column, MetaData, Table, func, or_, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import column as column_clause
 from sqlalchemy.types import TypeEngine
 
 from ..attribute import PhasedSpec
@@ -46,14 +45,13 @@ from ..ddl import LockPolicy, run_ddl
 from ..dialects import rules_for
 from ..errors import FourStepError
 from ..frozen import frozen_transform
-from ..keys import all_null, any_not_null
 from ..marks import DropGuard, WriteMarks, marks_present
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
 from ..triggers import SyncTriggers, from_table, placed, triggers_present
 from ..verify import verify
-from . import indexes, locks
+from . import indexes, locks, offline
 
 __all__ = [
     "BackfillOp",
@@ -153,10 +151,7 @@ class RecordPhaseOp(_KeyedOp):
 @Operations.implementation_for(RecordPhaseOp)
 def _record_phase(operations: Operations, operation: RecordPhaseOp) -> None:
     if operations.get_context().as_sql:
-        operations.get_context().impl.static_output(
-            f"-- fourstep: {operation.key} is now at phase {operation.phase} "
-            f"(run `fourstep status` after applying)"
-        )
+        offline.record_phase(operations, operation.key, operation.table_name, operation.phase)
         return
     record_phase(operations.get_bind(), operation.key, operation.table_name, operation.phase)
 
@@ -269,39 +264,41 @@ def _backfill(operations: Operations, operation: BackfillOp) -> None:
             options["target_ms"] = operation.target_ms
         report = backfill(engine, spec, **options)
         if not report.ok:
-            raise BackfillError(
-                f"{operation.key}: the backfill did not finish ({report.rows_left} rows left, "
-                f"{len(report.skipped_keys)} skipped: {report.skipped_keys[:10]!r}); fix "
-                f"those rows and run the migration again, it resumes"
-            )
+            raise BackfillError(_unfinished(operation.key, report))
         log.info("%s: backfilled %d rows in %d batches", operation.key, report.rows_updated,
                  report.batches)
         with engine.begin() as conn:
             record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
 
 
+def _unfinished(key: str, report: Any) -> str:
+    """Why ``op.backfill`` stops the migration, and what to do."""
+    if report.skipped_keys:
+        return (
+            f"{key}: the backfill did not finish: the forward transform failed on "
+            f"{len(report.skipped_keys)} row(s) (keys {report.skipped_keys[:10]!r}), "
+            f"{report.rows_left} row(s) left. Fix those rows (or the transform) and run the "
+            f"migration again: it resumes."
+        )
+    if getattr(report, "held_elsewhere", 0):
+        return (
+            f"{key}: another process is running this backfill ({report.held_elsewhere} "
+            f"range(s) held elsewhere, {report.rows_left} row(s) left): let it finish, then "
+            f"run the migration again; it finds the work done."
+        )
+    return (
+        f"{key}: {report.rows_left} row(s) are still pending after the backfill's runs: a "
+        f"writer keeps leaving rows with only the old place written behind it (sync "
+        f"triggers missing, or opted out?). Find it, then run the migration again: it "
+        f"resumes."
+    )
+
+
 def _offline_backfill(
     operations: Operations, operation: BackfillOp, transform: Transform[Any]
 ) -> None:
-    context = operations.get_context()
-    if transform.sql is None:
-        raise FourStepError(
-            f"{operation.key}: offline (--sql) mode renders the backfill as one UPDATE, which "
-            f"needs the SQL form of the forward transform; this one is Python only "
-            f"({operation.forward}). Run `fourstep backfill {operation.key}` instead."
-        )
-    columns: list[Any] = [column_clause(n) for n in (*operation.old, *operation.new)]
-    table = table_clause(operation.table_name, *columns, schema=operation.schema)
-    old = [table.c[n] for n in operation.old]
-    new = [table.c[n] for n in operation.new]
-    result = transform.sql(*old)
-    values = result if isinstance(result, tuple) else (result,)
-    pending = and_(all_null(new), any_not_null(old))
-    context.impl.static_output(
-        f"-- fourstep: op.backfill({operation.key!r}) in offline mode is ONE UPDATE over the "
-        f"whole table; on a big, busy table run `fourstep backfill {operation.key}` instead"
-    )
-    operations.execute(update(table).where(pending).values(dict(zip(new, values))))
+    # committed batches on PostgreSQL, one UPDATE elsewhere (see the offline module)
+    offline.backfill(operations, operation, transform)
 
 
 # -- drop_old / restore_old -------------------------------------------------------
@@ -465,11 +462,7 @@ def drop_gate(conn: Any, operation: _OldColumnsOp, table: Table) -> None:
 def _drop_old(operations: Operations, operation: DropOldOp) -> None:
     context = operations.get_context()
     if context.as_sql:
-        context.impl.static_output(
-            f"-- fourstep: the drop gate of {operation.key} cannot run offline; run "
-            f"`fourstep verify {operation.key}` against the database before applying this"
-        )
-        _drop_columns(operations, operation, None)
+        offline.drop_old(operations, operation, lambda: _drop_columns(operations, operation, None))
         return
     conn = operations.get_bind()
     rules_for(conn).hold_writes(conn)
@@ -698,8 +691,9 @@ def _clear_batch_copy(operations: Operations, table_name: str) -> None:
 @Operations.implementation_for(RestoreOldOp)
 def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
     context = operations.get_context()
-    backward = frozen_transform("backward", operation.old_names, operation.backward_sql,
-                                operation.backward)
+    if context.as_sql:
+        offline.restore_old(operations, operation)
+        return
     present: set[str] = set()
     if not context.as_sql:
         from sqlalchemy import inspect
@@ -725,19 +719,6 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
                     lambda c=restored: operations.add_column(  # type: ignore[misc]
                         operation.table_name, c, schema=operation.schema),
                     lock_policy(operations))
-    if context.as_sql:
-        if backward.sql is None:
-            raise FourStepError(f"{operation.key}: offline restore needs a SQL backward form")
-        columns: list[Any] = [column_clause(n) for n in (*operation.old_names, *operation.new)]
-        table = table_clause(operation.table_name, *columns, schema=operation.schema)
-        result = backward.sql(*(table.c[n] for n in operation.new))
-        values = result if isinstance(result, tuple) else (result,)
-        operations.execute(
-            update(table)
-            .where(or_(*(table.c[n].isnot(None) for n in operation.new)))
-            .values(dict(zip([table.c[n] for n in operation.old_names], values)))
-        )
-        return
     if context._in_external_transaction:
         raise ExternalTransactionError(_external_transaction_message(operation.key))
     if operation.sync_triggers:
@@ -860,6 +841,9 @@ class RestoreOldNotNullOp(RelaxOldNotNullOp):
 
 def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullable: bool) -> None:
     context = operations.get_context()
+    if context.as_sql:
+        offline.alter_nullable(operations, operation, nullable)
+        return
     if context.dialect.name == "sqlite":
         if not context.as_sql:
             rules_for(operations.get_bind()).hold_writes(operations.get_bind())
@@ -873,9 +857,7 @@ def _alter_nullable(operations: Operations, operation: RelaxOldNotNullOp, nullab
             operations.alter_column(operation.table_name, n, nullable=nullable,
                                     existing_type=operation.existing_type,
                                     schema=operation.schema)
-        if context.as_sql:
-            alter()
-        elif not nullable and context.dialect.name == "postgresql":
+        if not nullable and context.dialect.name == "postgresql":
             _set_not_null_postgresql(operations, operation, name)
         else:
             run_ddl(operations.get_bind(), f"{operation.key}: ALTER COLUMN {name}", alter,
