@@ -17,6 +17,7 @@ gate, ``VALIDATE CONSTRAINT``) would show in the probe too.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ class Project:
         self.config.set_main_option("models_path", str(self.models_dir))
         self.config.attributes["configure"] = configure
         self.count = 0
-        self.token = tmp_path.name.replace("-", "_")[-12:]
+        self.token = secrets.token_hex(4)  # fresh models modules: never from sys.modules
 
     def models(self, phase: str, old: str = MAPPED, extra: str = "",
                template: str = MODELS) -> None:
