@@ -185,24 +185,67 @@ class Probe(threading.Thread):
         return max(self.latencies[mark:], default=0.0)
 
 
+def _waiting_on(engine: Engine, blocker: str | None) -> bool:
+    """Some lock request waits on ``users`` (the migration's, or a query queued
+    behind it), or (PostgreSQL) for the ``blocker`` transaction to end, as a
+    concurrent index build does."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            found = conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted "
+                "AND (relation = to_regclass('users') "
+                "OR (locktype = 'virtualxid' AND virtualxid = :blocker))"
+            ), {"blocker": blocker}).scalar_one()
+        else:
+            found = conn.execute(text(
+                "SELECT count(*) FROM information_schema.PROCESSLIST "
+                "WHERE DB = DATABASE() AND STATE LIKE 'Waiting for table metadata lock%'"
+            )).scalar_one()
+    return bool(found)
+
+
 def _under_a_blocker(engine: Engine, probe: Probe, migrate: Callable[[], None],
-                     hold: float = 1.5) -> tuple[float, float]:
-    """Run ``migrate`` while a long transaction holds ACCESS SHARE on the table for
-    ``hold`` seconds; the probe's worst wait meanwhile, and the migration's time."""
+                     hold: float = 1.5) -> tuple[float, bool]:
+    """Run ``migrate`` while a long transaction holds ACCESS SHARE on the table: it
+    ends ``hold`` seconds after the migration is first seen waiting for a lock
+    (however long the migration takes to get there), or when the migration ends
+    without waiting. The probe's worst wait meanwhile, and whether it waited."""
     blocker = engine.connect()
-    blocker.execute(text("SELECT * FROM users WHERE id = 1")).all()
-    release = threading.Timer(hold, blocker.rollback)
+    blocker.execute(text("SELECT id FROM users WHERE id = 1")).all()
+    vxid = None
+    if engine.dialect.name == "postgresql":
+        vxid = blocker.execute(text(
+            "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' "
+            "AND pid = pg_backend_pid()"
+        )).scalar_one()
     mark = len(probe.latencies)
-    started = time.monotonic()
-    release.start()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate()
+        except BaseException as exc:
+            failed.append(exc)
+
+    migration = threading.Thread(target=run)
+    migration.start()
+    waited = False
     try:
-        migrate()
+        deadline = time.monotonic() + 120
+        while migration.is_alive() and time.monotonic() < deadline:
+            if _waiting_on(engine, vxid):
+                waited = True
+                migration.join(hold)
+                break
+            time.sleep(0.01)
     finally:
-        release.join()
+        blocker.rollback()
         blocker.close()
-    took = time.monotonic() - started
+        migration.join()
+    if failed:
+        raise failed[0]
     time.sleep(0.05)
-    return probe.worst_since(mark), took
+    return probe.worst_since(mark), waited
 
 
 def _fill(engine: Engine) -> None:
@@ -256,6 +299,7 @@ def test_every_step_and_its_downgrade_waits_politely(
     probe = Probe(engine)
     probe.start()
     worst: dict[str, float] = {}
+    waited: dict[str, bool] = {}
     steps = [
         ("WRITE_BOTH", MAPPED, ""),
         ("READ_NEW", MAPPED, FORWARD_INDEX),
@@ -269,14 +313,14 @@ def test_every_step_and_its_downgrade_waits_politely(
             if phase == "READ_NEW":
                 assert "postgresql_concurrently=True" in upgrade, upgrade
                 assert "op.record_phase(" in upgrade
-            worst[f"up {phase}"], _ = _under_a_blocker(
+            worst[f"up {phase}"], waited[f"up {phase}"] = _under_a_blocker(
                 engine, probe, lambda: command.upgrade(project.config, "head"))
             _check_clean(project)
         assert read_state(engine, "users.full_name").recorded_phase == 4
         assert _row(engine, 4242) == (4242, "First4242", "Last4242")
         assert "ix_users_name" not in _indexes(engine)
         for target in ("r03", "r02", "r01", "base"):
-            worst[f"down to {target}"], _ = _under_a_blocker(
+            worst[f"down to {target}"], waited[f"down to {target}"] = _under_a_blocker(
                 engine, probe, lambda t=target: command.downgrade(project.config, t))  # type: ignore[misc]
             if target == "r03":  # the drop undone: the old column and its indexes are back
                 assert _row(engine, 4242) == (4242, "First4242 Last4242", "First4242",
@@ -295,6 +339,15 @@ def test_every_step_and_its_downgrade_waits_politely(
     # each revision did wait for the blocker (it retried), and never held the probe
     # for longer than about one lock_timeout
     assert any("retry" in r.getMessage() for r in caplog.records)
+    # every migration with an ALTER on the table waited for the blocker, and so did
+    # the concurrent index drop (down to r01), under a lock the probe never waits
+    # for; the concurrent build (step 2), the backfill and its reverse never wait
+    # for an idle reader
+    assert waited == {
+        "up WRITE_BOTH": True, "up READ_NEW": False, "up STOP_READ_OLD": False,
+        "up STOP_WRITE_OLD": True, "down to r03": True, "down to r02": False,
+        "down to r01": True, "down to base": True,
+    }, waited
     print("worst probe wait per migration (s):", worst)
     assert max(worst.values()) < (LOCK_MS + 250) / 1000, worst
 
@@ -317,12 +370,12 @@ def test_without_lock_safety_the_probe_waits_for_the_blocker(
     probe = Probe(engine)
     probe.start()
     try:
-        stalled, _ = _under_a_blocker(
+        stalled, waited = _under_a_blocker(
             engine, probe, lambda: command.upgrade(project.config, "head"), hold=1.0)
     finally:
         probe.stop.set()
         probe.join()
-    assert stalled > 0.7
+    assert waited and stalled > 0.7, stalled
 
 
 @pytest.mark.postgres
@@ -502,12 +555,12 @@ def test_mariadb_waits_with_a_short_lock_wait_timeout(
     probe = Probe(engine)
     probe.start()
     try:
-        worst, _ = _under_a_blocker(
+        worst, waited = _under_a_blocker(
             engine, probe, lambda: command.upgrade(project.config, "head"), hold=3.5)
     finally:
         probe.stop.set()
         probe.join()
-    assert any("retry" in r.getMessage() for r in caplog.records)
+    assert waited and any("retry" in r.getMessage() for r in caplog.records)
     assert worst < 1.6, worst
     assert read_state(engine, "users.full_name").recorded_phase == 1
     assert _row(engine, 4242) == (4242, "Ada Lovelace", None, None)  # step 1 fills nothing
