@@ -407,6 +407,14 @@ class PhasedSpec:
             if isinstance(declared, UnmappedColumn):
                 self._unmapped[old_name] = declared.column
 
+    def retire(self, old_name: str, column: Column[Any]) -> None:
+        """Record ``column``, declared ``unmapped_column()``, as the old place
+        ``old_name`` (done from the class body by :meth:`set_name`; a declarative
+        layer that sets attributes on the class later, as SQLModel does, calls it)."""
+        if old_name not in self.old:
+            raise DeclarationError(f"{self.describe()}: {old_name!r} is not an old place")
+        self._unmapped[old_name] = column
+
     def bind(self, mapper: Mapper[Any]) -> None:
         """Resolve column names against ``mapper``; raise on bad declarations."""
         table = mapper.local_table
