@@ -104,17 +104,20 @@ ranges run one after the other), tables without a primary key (a clear error).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from .attribute import PhasedSpec
 from .dialects import rules_for
-from .errors import BackfillError, ExternalTransactionError
+from .errors import BackfillError, ExternalTransactionError, FourStepError
 from .jobs import Job, make_job
 from .keys import KeyRange, primary_key_of
 from .registry import resolve
@@ -122,12 +125,16 @@ from .runner import Runner
 from .state import ensure_state_tables
 
 __all__ = [
+    "AsyncBindError",
     "BackfillError",
     "BackfillProgress",
     "BackfillReport",
     "ExternalTransactionError",
     "backfill",
     "pending_count",
+    "refuse_async",
+    "refuse_open_transaction",
+    "run_backfill",
 ]
 
 log = logging.getLogger("fourstep_sqla.backfill")
@@ -189,6 +196,38 @@ class BackfillReport:
         return self.complete and not self.skipped_keys
 
 
+class AsyncBindError(FourStepError):
+    """A synchronous function was given an AsyncEngine, AsyncConnection or AsyncSession."""
+
+
+def refuse_async(bind: object, function: str, key: str | None = None) -> None:
+    """Raise :class:`AsyncBindError` when ``bind`` comes from SQLAlchemy's asyncio
+    extension, which has no synchronous API: ``function``'s coroutine in
+    :mod:`fourstep_sqla.asyncio` takes it."""
+    if not type(bind).__module__.startswith("sqlalchemy.ext.asyncio"):
+        return
+    kind = type(bind).__name__
+    where = f"{key}: " if key else ""
+    what = "its bind (an AsyncEngine)" if kind == "AsyncSession" else f"the {kind}"
+    raise AsyncBindError(
+        f"{where}fourstep_sqla.{function}() is synchronous and was given an {kind}, which "
+        f"has no synchronous API. Use `await fourstep_sqla.asyncio.{function}(...)` with "
+        f"{what} instead: the same options and the same report, on the event loop."
+    )
+
+
+def refuse_open_transaction(conn: Connection, key: str) -> None:
+    """Raise :class:`ExternalTransactionError` when ``conn`` is inside a transaction:
+    the backfill commits every batch on its own."""
+    if conn.in_transaction():
+        raise ExternalTransactionError(
+            f"{key}: backfill() commits every batch on its own and cannot run inside "
+            f"the transaction this connection has open. Pass the Engine, commit first, or "
+            f"inside an Alembic migration use op.backfill() (which runs in an "
+            f"autocommit block)."
+        )
+
+
 def _job(
     bind: Engine | Connection, spec: PhasedSpec, on_error: OnError, repair: bool
 ) -> Job | None:
@@ -238,6 +277,7 @@ def pending_count(
     rows whose places disagree.
     """
     spec = resolve(attribute_or_key)
+    refuse_async(bind, "pending_count", spec.key)
     if spec.table is None:
         raise BackfillError(f"{spec.describe()} is not mapped yet; import its model first")
     job = _job(bind, spec, "stop", repair)
@@ -294,26 +334,71 @@ def backfill(
         only where the new place is empty. A separate run, with the same
         batching, resume, locking and report.
     :param progress: called after every batch with a :class:`BackfillProgress`.
+
+    An asyncio application awaits :func:`fourstep_sqla.asyncio.backfill` instead,
+    with its AsyncEngine or AsyncConnection.
     """
     spec = resolve(attribute_or_key)
+    refuse_async(bind, "backfill", spec.key)
+    return run_backfill(
+        bind, spec, batch_size=batch_size, target_ms=target_ms, pause_ms=pause_ms,
+        max_seconds=max_seconds, workers=workers, on_error=on_error, dry_run=dry_run,
+        lock_timeout_ms=lock_timeout_ms, retries=retries, repair=repair, progress=progress,
+    )
+
+
+def run_backfill(
+    bind: Engine | Connection,
+    spec: PhasedSpec,
+    *,
+    batch_size: int | None = None,
+    target_ms: float = DEFAULT_TARGET_MS,
+    pause_ms: float = 0.0,
+    max_seconds: float | None = None,
+    workers: int = 1,
+    on_error: OnError = "stop",
+    dry_run: bool = False,
+    lock_timeout_ms: float | None = None,
+    retries: int = 5,
+    repair: bool = False,
+    progress: Callable[[BackfillProgress], None] | None = None,
+    alone: bool = False,
+) -> BackfillReport:
+    """:func:`backfill` of a resolved ``spec``.
+
+    ``alone``: this call is one of ``workers`` calls sharing the run, each on a
+    connection of its own (the workers of :func:`fourstep_sqla.asyncio.backfill`,
+    which claim ranges the way several processes do): a new run is planned for
+    ``workers``, but this call works on ``bind`` only, without threads.
+
+    Inside ``AsyncConnection.run_sync`` (an async driver, driven from the event
+    loop's thread) nothing runs in a thread: no read-ahead, no worker threads;
+    waits for ranges held elsewhere and the pause between batches sleep on the
+    event loop instead of blocking it.
+    """
     if spec.table is None:
         raise BackfillError(f"{spec.describe()} is not mapped yet; import its model first")
     if on_error not in ("stop", "skip"):
         raise BackfillError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     if workers < 1:
         raise BackfillError(f"workers must be at least 1, not {workers}")
-    if isinstance(bind, Connection) and bind.in_transaction():
-        raise ExternalTransactionError(
-            f"{spec.key}: backfill() commits every batch on its own and cannot run inside "
-            f"the transaction this connection has open. Pass the Engine, commit first, or "
-            f"inside an Alembic migration use op.backfill() (which runs in an "
-            f"autocommit block)."
-        )
+    if isinstance(bind, Connection):
+        refuse_open_transaction(bind, spec.key)
     job = _job(bind, spec, on_error, repair)
     if job is None:
         log.info("%s: step 4 done: old column(s) dropped; nothing to backfill", spec.key)
         return BackfillReport(key=spec.key, mode="sql" if spec.forward.has_sql else "python",
                               repair=repair, complete=True, dry_run=dry_run, dropped=True)
+    # an async driver's connections can be used only on the event loop's thread
+    # (this runs in run_sync's greenlet there), never from a thread of ours
+    on_the_loop = bind.dialect.is_async and in_greenlet()
+    if on_the_loop and workers > 1 and not alone and job.rules.shares_ranges:
+        raise BackfillError(
+            f"{spec.key}: workers={workers} works ranges in threads, and the connections of "
+            f"an async driver cannot be used from a thread. Await "
+            f"fourstep_sqla.asyncio.backfill(async_engine, ..., workers={workers}) instead: "
+            f"its workers are connections of the engine on the event loop."
+        )
     report = BackfillReport(key=spec.key, mode=job.mode, repair=repair)
     owned = isinstance(bind, Engine)
     conn = bind.connect() if isinstance(bind, Engine) else bind
@@ -330,6 +415,8 @@ def backfill(
         retries=retries,
         progress=progress,
     )
+    if on_the_loop:
+        _wait_on_the_loop(runner, pause_ms, progress)
     session_ready = False
     try:
         if dry_run:
@@ -343,7 +430,7 @@ def backfill(
         rules.setup_session(conn, lock_timeout_ms)
         session_ready = True
         runner.parts = rules.ranges_for(runner.keys.integer, workers)
-        if job.mode == "python" and rules.reads_ahead:
+        if job.mode == "python" and rules.reads_ahead and not on_the_loop:
             runner.read_ahead_engine = _engine_of(bind)
         finished = runner.already_complete(conn)
         if finished is not None:
@@ -358,7 +445,7 @@ def backfill(
             return report
         if progress is not None:
             runner.pending_at_start = job.count_pending(conn, runner.call_bound)
-        report.complete = runner.run(conn, _engine_of(bind), run_id, workers)
+        report.complete = runner.run(conn, _engine_of(bind), run_id, 1 if alone else workers)
         if not report.complete:
             report.rows_left = job.count_pending(conn, runner.call_bound)
         report.seconds = time.monotonic() - runner.started
@@ -377,3 +464,39 @@ def backfill(
         finally:
             if owned:
                 conn.close()
+
+
+class _LoopEvent(threading.Event):
+    """A runner's stop event whose ``wait`` sleeps on the event loop (``asyncio.sleep``
+    awaited through the greenlet) instead of blocking the loop's thread: while a
+    backfill inside ``run_sync`` waits for ranges another process (or another of
+    its workers) holds, the application and those workers go on."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            await_(asyncio.sleep(left))
+        return self.is_set()
+
+
+def _wait_on_the_loop(
+    runner: Runner, pause_ms: float, progress: Callable[[BackfillProgress], None] | None
+) -> None:
+    """The runner's sleeps, on the event loop: its waits for held ranges, and the
+    pause after each batch (taken right after the batch's progress report, where
+    the runner would sleep)."""
+    runner.stop_event = _LoopEvent()
+    if pause_ms <= 0:
+        return
+    runner.pause = 0.0
+    pause = pause_ms / 1000.0
+
+    def report_then_pause(snapshot: BackfillProgress) -> None:
+        if progress is not None:
+            progress(snapshot)
+        await_(asyncio.sleep(pause))
+
+    runner.progress_callback = report_then_pause

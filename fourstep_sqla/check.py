@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, inspect
 
 from .attribute import PhasedSpec
+from .backfill import refuse_async
 from .errors import FourStepError
 from .phase import Phase
 from .registry import all_specs, resolve
@@ -101,6 +102,7 @@ def _problems_for(conn: Connection, spec: PhasedSpec) -> list[CheckProblem]:
 
 def problems(bind: Engine | Connection, *attributes: Any) -> list[CheckProblem]:
     """Every problem :func:`check` would raise for, without raising."""
+    refuse_async(bind, "problems")
     specs = [resolve(a) for a in attributes] if attributes else all_specs()
     if isinstance(bind, Engine):
         with bind.connect() as conn:
@@ -112,8 +114,10 @@ def check(bind: Engine | Connection, *attributes: Any) -> None:
     """Raise :class:`DeployOrderError` if this code must not run on this database.
 
     Checks ``attributes`` (class attributes or registry keys), or every
-    registered phased attribute when none is given.
+    registered phased attribute when none is given. An asyncio application
+    awaits :func:`fourstep_sqla.asyncio.check` instead.
     """
+    refuse_async(bind, "check")
     found = problems(bind, *attributes)
     if found:
         raise DeployOrderError(found)

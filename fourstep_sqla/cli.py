@@ -132,6 +132,7 @@ import decimal
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -168,11 +169,12 @@ from .triggers import triggers_present
 from .verify import VerifyResult, verify
 
 if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
     from rich.console import Console
 
     from .attribute import PhasedSpec
 
-__all__ = ["main"]
+__all__ = ["Application", "main", "run_application"]
 
 PROG = "fourstep"
 
@@ -335,7 +337,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that do not exit the interpreter."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{PROG} --help')")
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 #: the ranges of the numeric options: beyond them a value is a typo, or would
@@ -393,19 +395,27 @@ def _float_in(low: float, high: float, *, above_low: bool = False) -> Callable[[
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``fourstep`` (exposed for documentation tools)."""
+def build_parser(prog: str = PROG, *, application: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of ``fourstep`` (exposed for documentation tools).
+
+    ``application``: the commands run inside an application that gives the
+    database, the models and the migrations (``flask fourstep``): no ``--url``,
+    ``--config`` or ``--models``.
+    """
     from . import __version__
 
     common = _Parser(add_help=False)
     group = common.add_argument_group("common options")
-    group.add_argument("--url", help="database URL (else FOURSTEP_DATABASE_URL, else alembic.ini)")
-    group.add_argument(
-        "--config", metavar="PATH", help="ini file with sqlalchemy.url (default ./alembic.ini)"
-    )
-    group.add_argument(
-        "--models", metavar="MODULE", help="models module, dotted (else FOURSTEP_MODELS)"
-    )
+    if not application:
+        group.add_argument(
+            "--url", help="database URL (else FOURSTEP_DATABASE_URL, else alembic.ini)"
+        )
+        group.add_argument(
+            "--config", metavar="PATH", help="ini file with sqlalchemy.url (default ./alembic.ini)"
+        )
+        group.add_argument(
+            "--models", metavar="MODULE", help="models module, dotted (else FOURSTEP_MODELS)"
+        )
     group.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     group.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (repeat for more)"
@@ -413,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("keys", nargs="*", metavar="KEY", help="registry keys (default: all)")
 
     parser = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Status, backfill and verification of fourstep_sqla phased attributes.",
         epilog="Exit codes: 0 done and consistent; 1 a backfill failed or skipped rows, or "
         "verify found missing/mismatched rows; 2 usage or configuration error; 3 the backfill "
@@ -523,10 +533,10 @@ def _remember_urls(args: argparse.Namespace) -> None:
 def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
     """The database URL and where it came from."""
     if args.url:
-        return str(args.url), "--url"
+        return _synchronous(str(args.url), "--url"), "--url"
     env = os.environ.get("FOURSTEP_DATABASE_URL", "").strip()
     if env:
-        return env, "FOURSTEP_DATABASE_URL"
+        return _synchronous(env, "FOURSTEP_DATABASE_URL"), "FOURSTEP_DATABASE_URL"
     path = _ini_path(args)
     if not os.path.isfile(path):
         if args.config:
@@ -551,7 +561,7 @@ def _resolve_url(args: argparse.Namespace) -> tuple[str, str]:
             f"pass --url or set FOURSTEP_DATABASE_URL"
         )
     _remember_url(url)
-    return url, path
+    return _synchronous(url, path), path
 
 
 def _interpolation_problem(path: str, exc: configparser.InterpolationError) -> str:
@@ -575,8 +585,35 @@ def _interpolation_problem(path: str, exc: configparser.InterpolationError) -> s
     )
 
 
+def _synchronous(url_text: str, source: str) -> str:
+    """``url_text``, or when it names an async driver (asyncpg, aiosqlite, aiomysql,
+    asyncmy, ...) the URL of the matching synchronous one: the command line is
+    synchronous. A usage error names the package to install when it is missing."""
+    try:
+        url = make_url(url_text)
+        is_async = url.get_dialect().is_async
+    except (ArgumentError, ValueError, ImportError):
+        return url_text  # not a URL, or an unknown dialect: _connect says so
+    if not is_async:
+        return url_text
+    from .asyncio import AsyncDriverError, sync_url
+
+    shown = url.render_as_string(hide_password=True)
+    try:
+        sync = sync_url(url)
+    except AsyncDriverError as exc:
+        raise UsageError(f"cannot use database URL {shown} (from {source}): {exc}") from None
+    text = sync.render_as_string(hide_password=False)
+    _remember_url(text)
+    log.info("%s (from %s) names an async driver; the command line uses %s", shown, source,
+             sync.drivername)
+    return text
+
+
 def _connect(url_text: str, source: str, workers: int) -> Engine:
-    """An engine on ``url_text``, connected once to fail early and clearly."""
+    """An engine on ``url_text`` (through the synchronous twin of an async driver),
+    connected once to fail early and clearly."""
+    url_text = _synchronous(url_text, source)
     try:
         url = make_url(url_text)
     except (ArgumentError, ValueError):
@@ -657,6 +694,8 @@ class _Context:
     specs: list[PhasedSpec]
     engine: Engine
     out: _Output
+    #: the application's Alembic configuration (``flask fourstep``), else alembic.ini
+    alembic_config: Callable[[], AlembicConfig] | None = None
 
 
 # -- status --------------------------------------------------------------------------
@@ -1224,10 +1263,16 @@ def _cmd_revision(ctx: _Context, url: str) -> int:
 
     if len(ctx.specs) != 1:
         raise UsageError("revision writes one phased attribute's step: give exactly one KEY")
-    ini = ctx.args.config or "alembic.ini"
-    if not os.path.exists(ini):
-        raise UsageError(f"no Alembic configuration at {ini!r}; pass --config PATH")
-    config = Config(ini)
+    if ctx.alembic_config is not None:
+        try:
+            config = ctx.alembic_config()
+        except FourStepError as exc:  # the application has no migrations set up
+            raise UsageError(str(exc)) from None
+    else:
+        ini = ctx.args.config or "alembic.ini"
+        if not os.path.exists(ini):
+            raise UsageError(f"no Alembic configuration at {ini!r}; pass --config PATH")
+        config = Config(ini)
     try:
         path = write_revision(config, ctx.specs[0], int(ctx.args.step), ctx.args.message,
                               url=url)
@@ -1256,7 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, application: Callable[[], Application] | None = None) -> int:
     command = str(args.command)
     verbosity = int(getattr(args, "verbose", 0))
     engine: Engine | None = None
@@ -1267,13 +1312,18 @@ def _run(args: argparse.Namespace) -> int:
             if args.url:  # unreachable: a configuration error, as for every command
                 _connect(args.url, "--url", 1).dispose()
             return run_demo(
-                args.url, echo=lambda line: print(_clean(line), flush=True), rows=args.rows
+                args.url and _synchronous(args.url, "--url"),
+                echo=lambda line: print(_clean(line), flush=True), rows=args.rows,
             )
         _setup_logging(verbosity)
-        specs = _load_specs(args)
-        url, source = _resolve_url(args)
-        engine = _connect(url, source, int(getattr(args, "workers", 1)))
-        ctx = _Context(args=args, specs=specs, engine=engine, out=_Output(bool(args.json)))
+        if application is None:
+            _refuse_flask_environment(args)
+            specs = _load_specs(args)
+            url, source = _resolve_url(args)
+            engine = _connect(url, source, int(getattr(args, "workers", 1)))
+            ctx = _Context(args=args, specs=specs, engine=engine, out=_Output(bool(args.json)))
+        else:  # the application's engine: used, never disposed
+            ctx, url = _application_context(args, application)
         if command == "revision":
             return _cmd_revision(ctx, url)
         code = _COMMANDS[command](ctx)
@@ -1334,6 +1384,158 @@ def _scrubbed_hooks() -> Iterator[None]:
         yield
     finally:
         threading.excepthook, sys.unraisablehook = saved
+
+
+# -- inside an application (``flask fourstep``) ---------------------------------------
+@dataclass(frozen=True)
+class Application:
+    """What an application framework gives the commands in place of ``--url``,
+    ``--models`` and ``alembic.ini`` (see :mod:`fourstep_sqla.flask`)."""
+
+    #: how messages name it: "the Flask app 'flaskr'"
+    name: str
+    #: its engine: the commands use it and leave it open
+    engine: Engine
+    #: its phased attributes
+    specs: Sequence[PhasedSpec]
+    #: its Alembic configuration, for ``revision``; raises FourStepError when it has none
+    alembic_config: Callable[[], AlembicConfig]
+
+
+def run_application(
+    argv: Sequence[str], application: Callable[[], Application], *, prog: str
+) -> int:
+    """Run one command (``argv``: ``status``, ``backfill``, ``verify`` or ``revision``
+    and its options) on what ``application()`` gives; return the exit code.
+
+    Options, output and exit codes are those of the plain command, without
+    ``--url``, ``--config`` and ``--models``. ``application`` is called once the
+    arguments are parsed (``--help`` needs no database); a FourStepError it
+    raises is a configuration error (exit 2). The loggers the command sets up
+    are put back afterwards: the application's process goes on.
+    """
+    _known_urls.clear()
+    try:
+        args = build_parser(prog, application=True).parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else 2
+    with _scrubbed_hooks(), _logging_kept():
+        return _run(args, application)
+
+
+def _application_context(
+    args: argparse.Namespace, application: Callable[[], Application]
+) -> tuple[_Context, str]:
+    """The command's context on the application's engine, and its URL."""
+    try:
+        app = application()
+    except FourStepError as exc:
+        raise UsageError(str(exc)) from None
+    url = app.engine.url.render_as_string(hide_password=False)
+    _remember_url(url)
+    specs = _pick_specs(args.keys, app.specs, app.name)
+    try:
+        with app.engine.connect():
+            pass
+    except DBAPIError as exc:
+        shown = app.engine.url.render_as_string(hide_password=True)
+        raise UsageError(
+            f"cannot connect to the database at {shown} (from {app.name}): "
+            f"{type(exc.orig).__name__}: {_one_line(str(exc.orig))}"
+        ) from None
+    out = _Output(bool(args.json))
+    ctx = _Context(args=args, specs=specs, engine=app.engine, out=out,
+                   alembic_config=app.alembic_config)
+    return ctx, url
+
+
+def _pick_specs(keys: Sequence[str], known: Sequence[PhasedSpec], where: str) -> list[PhasedSpec]:
+    """The attributes ``keys`` name among ``known``; all of them without keys."""
+    by_key = {spec.key: spec for spec in known}
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return list(known)
+    unknown = [k for k in wanted if k not in by_key]
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise UsageError(
+            f"unknown key{plural} {', '.join(repr(k) for k in unknown)}; "
+            f"known keys ({where}): {', '.join(sorted(by_key)) or 'none'}"
+        )
+    return [by_key[k] for k in wanted]
+
+
+@contextmanager
+def _logging_kept() -> Iterator[None]:
+    """The loggers :func:`_setup_logging` changes, as they were, afterwards."""
+    loggers = [logging.getLogger("fourstep_sqla"), logging.getLogger("sqlalchemy.engine")]
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate)
+             for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+#: an env.py that imports Flask runs only inside a Flask app: Flask-Migrate's
+_IMPORTS_FLASK = re.compile(
+    r"^[ \t]*(?:from[ \t]+flask(?:\.\w+)*[ \t]+import\b|import[ \t]+flask\b)", re.MULTILINE
+)
+
+
+def _refuse_flask_environment(args: argparse.Namespace) -> None:
+    """Flask-Migrate's env.py runs only inside its Flask app, which also holds the
+    database URL: pointed at one, say which command runs there."""
+    command = str(args.command)
+    if command != "revision" and (
+        args.url or os.environ.get("FOURSTEP_DATABASE_URL", "").strip()
+    ):
+        return  # alembic.ini is not read
+    env = _flask_migrate_env(args)
+    if env is not None:
+        raise UsageError(
+            f"this is a Flask-Migrate environment ({env} imports flask: it runs only "
+            f"inside the Flask app): run `flask fourstep {command} ...` where you run "
+            f"`flask db` (--app or FLASK_APP naming the app); it takes the database, the "
+            f"models and the migrations directory from the app"
+        )
+
+
+def _flask_migrate_env(args: argparse.Namespace) -> str | None:
+    """The env.py the command would use, when it imports Flask; else None.
+
+    That of alembic.ini's ``script_location`` (Flask-Migrate's own alembic.ini
+    names none: then the ini's directory); without an alembic.ini,
+    ``migrations/env.py``, Flask-Migrate's default directory.
+    """
+    ini = _ini_path(args)
+    if os.path.isfile(ini):
+        parser = configparser.ConfigParser(
+            defaults={"here": os.path.dirname(os.path.abspath(ini))}
+        )
+        try:
+            parser.read(ini, encoding="utf-8")
+            location = parser.get("alembic", "script_location", fallback="").strip()
+        except (configparser.Error, UnicodeDecodeError):
+            return None
+        directory = location or os.path.dirname(ini)
+    elif args.config:
+        return None  # the missing file is what to report
+    else:
+        directory = "migrations"
+    env = os.path.join(directory, "env.py")
+    try:
+        with open(env, encoding="utf-8") as file:
+            source = file.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return env if _IMPORTS_FLASK.search(source) else None
 
 
 if __name__ == "__main__":

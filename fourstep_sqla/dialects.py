@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Engine,
     Text,
     and_,
     bindparam,
@@ -284,19 +285,22 @@ class PostgreSQLRules(DialectRules):
         ceiling = max(float(deadlock) / 2, 10.0)
         wanted = lock_timeout_ms if lock_timeout_ms is not None else 500.0
         timeout = min(wanted, ceiling)
-        conn.exec_driver_sql(
-            f"SET lock_timeout = '{int(timeout)}ms'; "
-            "SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off; "
-            "SET fourstep.sync = 'off'"
-        )
+        # one statement per execute: asyncpg prepares every statement, and a
+        # prepared statement holds one command
+        for statement in (
+            f"SET lock_timeout = '{int(timeout)}ms'",
+            "SET plan_cache_mode = force_custom_plan",
+            "SET synchronous_commit = off",
+            "SET fourstep.sync = 'off'",
+        ):
+            conn.exec_driver_sql(statement)
         conn.commit()
 
     def teardown_session(self, conn: Connection) -> None:
         def reset() -> None:
-            conn.exec_driver_sql(
-                "RESET lock_timeout; RESET plan_cache_mode; RESET synchronous_commit; "
-                "RESET fourstep.sync"
-            )
+            for setting in ("lock_timeout", "plan_cache_mode", "synchronous_commit",
+                            "fourstep.sync"):
+                conn.exec_driver_sql(f"RESET {setting}")
             conn.commit()
 
         settle(conn, reset)
@@ -488,6 +492,6 @@ _RULES: dict[str, DialectRules] = {
 _DEFAULT = DialectRules()
 
 
-def rules_for(conn: Connection) -> DialectRules:
-    """The rules of ``conn``'s database."""
-    return _RULES.get(conn.dialect.name, _DEFAULT)
+def rules_for(bind: Connection | Engine) -> DialectRules:
+    """The rules of ``bind``'s database."""
+    return _RULES.get(bind.dialect.name, _DEFAULT)

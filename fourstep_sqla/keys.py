@@ -137,7 +137,9 @@ class KeyRange:
                 return upper
             return (min(int(first) + size - 1, int(upper[0])),)
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
+            # one statement per execute: asyncpg refuses several
+            conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+            conn.exec_driver_sql("SET LOCAL enable_sort = off")
         row = conn.execute(
             select(*self.columns)
             .where(self.between(lower, upper))

@@ -46,6 +46,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .attribute import PhasedSpec
+from .backfill import refuse_async
 from .dialects import rules_for
 from .errors import FourStepError
 from .keys import KeyRange, primary_key_of
@@ -253,8 +254,12 @@ def verify(
         with an empty old place are then compared too); None: look in the
         database.
     :param progress: called after every batch with the running result.
+
+    An asyncio application awaits :func:`fourstep_sqla.asyncio.verify` instead,
+    with its AsyncEngine or AsyncConnection.
     """
     spec = resolve(attribute_or_key)
+    refuse_async(bind, "verify", spec.key)
     if spec.table is None:
         raise FourStepError(f"{spec.describe()} is not mapped yet; import its model first")
     if not spec.old_columns:

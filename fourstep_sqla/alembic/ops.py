@@ -8,8 +8,10 @@ Importing :mod:`fourstep_sqla.alembic` (in ``env.py``) registers them:
     PostgreSQL through ``CHECK ... NOT VALID`` + ``VALIDATE`` so writes go on).
 ``op.backfill(key, table_name, old, new, forward_sql=..., forward=...)`` (step 3)
     runs the backfill engine inside the migration, each batch committed on
-    its own (in an autocommit block, on fresh connections of the same engine),
-    resumable; in committed batches in offline ``--sql`` mode too (see
+    its own (in an autocommit block, on fresh connections of the same engine;
+    on SQLite and single-connection pools, where a new connection would see
+    another database, on the migration's own connection), resumable; in
+    committed batches in offline ``--sql`` mode too (see
     :mod:`fourstep_sqla.alembic.offline`). Reverse:
     ``op.record_phase`` back to step 2 (the data stays).
 ``op.drop_old(key, table_name, old, new, forward_sql=..., backward_sql=...)`` (step 4)
@@ -31,12 +33,15 @@ functions of :mod:`fourstep_sqla.alembic` (``fs.backfill(...)``) if you care.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, MetaData, Table, func, or_, select, text
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, or_, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import AssertionPool, SingletonThreadPool, StaticPool
 from sqlalchemy.types import TypeEngine
 
 from ..attribute import PhasedSpec
@@ -244,7 +249,9 @@ def _backfill(operations: Operations, operation: BackfillOp) -> None:
         return
     if context._in_external_transaction:
         raise ExternalTransactionError(_external_transaction_message(operation.key))
-    with context.autocommit_block():
+    assert context.connection is not None
+    own = _one_connection_only(context.connection)
+    with _between_transactions(context) if own else context.autocommit_block():
         connection = context.connection
         assert connection is not None
         engine = connection.engine
@@ -262,13 +269,69 @@ def _backfill(operations: Operations, operation: BackfillOp) -> None:
             options["batch_size"] = operation.batch_size
         if operation.target_ms is not None:
             options["target_ms"] = operation.target_ms
-        report = backfill(engine, spec, **options)
+        if own:
+            connection.rollback()  # the reflection's; every batch commits on its own
+        report = backfill(connection if own else engine, spec, **options)
         if not report.ok:
             raise BackfillError(_unfinished(operation.key, report))
         log.info("%s: backfilled %d rows in %d batches", operation.key, report.rows_updated,
                  report.batches)
-        with engine.begin() as conn:
-            record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+        if own:
+            record_phase(connection, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+            connection.commit()
+        else:
+            with engine.begin() as conn:
+                record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+
+
+def _one_connection_only(connection: Connection) -> bool:
+    """The backfill must run on the migration's own connection: a new connection
+    of its engine would be another database, or the same connection again.
+
+    SQLite: ``sqlite://`` in memory is a new, empty database per connection
+    under ``NullPool`` (test suites that migrate at start-up), and SQLite has one
+    writer anyway, so a second connection buys nothing. Pools of one
+    connection (``StaticPool``, Flask-SQLAlchemy's choice for ``sqlite://``;
+    ``SingletonThreadPool``; ``AssertionPool``) hand out the migration's own
+    connection again. Elsewhere the batches run on fresh connections of the
+    engine, as before: an async driver's too (a migration under Alembic's async
+    template runs in ``run_sync``'s greenlet, where they work).
+    """
+    pool = connection.engine.pool
+    return connection.dialect.name == "sqlite" or isinstance(
+        pool, (StaticPool, SingletonThreadPool, AssertionPool)
+    )
+
+
+@contextmanager
+def _between_transactions(context: MigrationContext) -> Iterator[None]:
+    """The migration's own connection with no transaction open, for a backfill
+    that commits batch by batch on it, each batch with its progress row.
+
+    What ``autocommit_block()`` does, without switching the connection to
+    AUTOCOMMIT (the batches need transactions of their own): the migration's
+    transaction so far is committed, and a new one begun afterwards, in the
+    private attribute where Alembic keeps it, as its autocommit block does. The
+    lock guard counts it as the commit it is (the revision cannot be rolled back
+    past it any more).
+    """
+    run = locks.active(context)
+    counted: AbstractContextManager[None] = run.committing() if run is not None else nullcontext()
+    with counted:
+        connection = context.connection
+        assert connection is not None
+        transaction = context._transaction
+        if transaction is not None and transaction.is_active:
+            transaction.commit()
+        elif connection.in_transaction():
+            connection.commit()
+        try:
+            yield
+        finally:
+            if connection.in_transaction():
+                connection.rollback()
+            if transaction is not None:
+                context._transaction = connection.begin()
 
 
 def _unfinished(key: str, report: Any) -> str:
@@ -737,27 +800,46 @@ def _restore_old(operations: Operations, operation: RestoreOldOp) -> None:
                                       operation.new)
                 run_statements(operations, operation.key, "create write marks",
                                marks.create(context.dialect))
+    assert context.connection is not None
+    own = _one_connection_only(context.connection)
+    if own:  # the values, on the migration's own connection (see _one_connection_only)
+        with _between_transactions(context):
+            connection = context.connection
+            assert connection is not None
+            table = operation.reflect(connection)
+            connection.rollback()  # the reflection's; every batch commits on its own
+            _restore_values(operation, connection, table)
     with context.autocommit_block():
         connection = context.connection
         assert connection is not None
         table = operation.reflect(connection)
-        spec = operation.spec(table).reversed()
-        try:
-            report = backfill(connection.engine, spec)
-        except BackfillError as exc:
-            raise BackfillError(_restore_failed(operation, str(exc))) from exc
-        if not report.ok:
-            raise BackfillError(
-                f"{operation.key}: restoring the old column(s) did not finish "
-                f"({report.rows_left} rows left, skipped {report.skipped_keys[:10]!r})"
-            )
+        if not own:
+            _restore_values(operation, connection.engine, table)
         # the indexes the drop took along, built again (concurrently on PostgreSQL)
         found = indexes.recall(connection, operation.key)
         if found:
             indexes.rebuild(connection, table, found)
             indexes.forget(connection, operation.key)
-        with connection.engine.begin() as conn:
-            record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+        if not own:
+            with connection.engine.begin() as conn:
+                record_phase(conn, operation.key, operation.table_name, Phase.STOP_READ_OLD)
+    if own:  # in the migration's transaction: a new connection is not this database
+        record_phase(operations.get_bind(), operation.key, operation.table_name,
+                     Phase.STOP_READ_OLD)
+
+
+def _restore_values(operation: RestoreOldOp, bind: Engine | Connection, table: Table) -> None:
+    """Fill the re-added old column(s) with backward(new), in committed batches."""
+    spec = operation.spec(table).reversed()
+    try:
+        report = backfill(bind, spec)
+    except BackfillError as exc:
+        raise BackfillError(_restore_failed(operation, str(exc))) from exc
+    if not report.ok:
+        raise BackfillError(
+            f"{operation.key}: restoring the old column(s) did not finish "
+            f"({report.rows_left} rows left, skipped {report.skipped_keys[:10]!r})"
+        )
 
 
 def _restore_failed(operation: _OldColumnsOp, detail: str) -> str:
