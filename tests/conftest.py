@@ -2,6 +2,7 @@
 
 - ``sqlite_engine``: a file-backed SQLite database per test.
 - ``mysql_db_engine``: on MariaDB/MySQL, a database of its own per test.
+- ``every_engine``: parametrized over SQLite, PostgreSQL and MariaDB.
 - ``pg_engine`` / ``mysql_engine``: one engine per session; skipped when the
   server is not reachable, failed instead when ``CI`` is set.
 - ``engine``: parametrized over SQLite and PostgreSQL; on PostgreSQL each test
@@ -124,6 +125,17 @@ def pg_schema_engine(pg_engine: Engine) -> Iterator[Engine]:
 def engine(request: pytest.FixtureRequest) -> Engine:
     """The same test on SQLite and on PostgreSQL (isolated schema)."""
     name = "sqlite_engine" if request.param == "sqlite" else "pg_schema_engine"
+    result: Engine = request.getfixturevalue(name)
+    return result
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mysql)])
+def every_engine(request: pytest.FixtureRequest) -> Engine:
+    """The same test on SQLite, PostgreSQL (isolated schema) and MariaDB (a
+    database of its own): where ``engine`` is heading (issue 10)."""
+    name = {"sqlite": "sqlite_engine", "postgresql": "pg_schema_engine",
+            "mariadb": "mysql_db_engine"}[request.param]
     result: Engine = request.getfixturevalue(name)
     return result
 

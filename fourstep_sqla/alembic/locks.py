@@ -304,10 +304,16 @@ class MigrationLocks:
         """The DDL the drop gates left for later, in order."""
         while self._deferred:
             what, ddl = self._deferred.pop(0)
-            if self._retries_each_operation():
-                self._retry_alone(what, ddl)
-            else:
-                ddl()
+            # the operations ddl() invokes are its own, not the revision's: they must
+            # neither flush the next drop's DDL into this one nor retry on their own
+            self._depth += 1
+            try:
+                if self._depth == 1 and self._retries_each_operation():
+                    self._retry_alone(what, ddl)
+                else:
+                    ddl()
+            finally:
+                self._depth -= 1
 
     def _retries_each_operation(self) -> bool:
         if self.context.as_sql or self._autocommit:
