@@ -11,6 +11,7 @@ See :func:`phased` for the model side.
 from __future__ import annotations
 
 from . import sync as _sync  # noqa: F401  (registers the flush-time dual-write hooks)
+from . import versioned as _versioned  # noqa: F401  (version tables follow their models)
 from .attribute import PhasedAttribute, phased
 from .backfill import BackfillReport, backfill
 from .check import DeployOrderError, check

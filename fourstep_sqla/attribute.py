@@ -291,6 +291,10 @@ class PhasedSpec:
         self.new_columns: tuple[Column[Any], ...] = ()
         #: old columns declared with ``unmapped_column()`` found at class creation
         self._unmapped: dict[str, Column[Any]] = {}
+        #: the phased attribute whose rows this one's table holds copies of, written
+        #: by another library (a version table's, see :mod:`fourstep_sqla.versioned`);
+        #: the flush-time sync leaves such copies as they are written
+        self.copy_of: PhasedSpec | None = None
         self._readers = self._build_readers()
         #: the reader of the declared phase, used when nothing is pinned
         self.default_reader = self._readers[phase]

@@ -21,7 +21,7 @@ from .errors import FourStepWarning, RegistryError
 if TYPE_CHECKING:
     from .attribute import PhasedSpec
 
-__all__ = ["all_specs", "get", "load_models", "register", "resolve"]
+__all__ = ["all_specs", "copies_of", "get", "load_models", "register", "resolve"]
 
 _registry: dict[str, PhasedSpec] = {}
 
@@ -60,6 +60,12 @@ def all_specs() -> list[PhasedSpec]:
     return [spec for key, spec in sorted(_registry.items()) if spec.owner is not None]
 
 
+def copies_of(spec: PhasedSpec) -> list[PhasedSpec]:
+    """The registered phased attributes whose tables hold copies of ``spec``'s rows
+    (a version table's, see :mod:`fourstep_sqla.versioned`), by key."""
+    return [s for s in all_specs() if s.copy_of is spec]
+
+
 def get(key: str) -> PhasedSpec:
     """The phased attribute registered under ``key``."""
     spec = _registry.get(key)
@@ -95,7 +101,8 @@ def load_models(module: str) -> list[PhasedSpec]:
     """Import ``module`` (dotted name) and list the phased attributes it defines.
 
     An attribute belongs to the module when its model was defined in it (or a
-    submodule) or is importable from it.
+    submodule) or is importable from it; one whose table holds copies of another's
+    rows (a version table's) belongs where that other one does.
     """
     try:
         imported = importlib.import_module(module)
@@ -106,8 +113,9 @@ def load_models(module: str) -> list[PhasedSpec]:
     namespace = {id(v) for v in vars(imported).values() if isinstance(v, type)}
     found = []
     for spec in all_specs():
-        owner = spec.owner
-        assert owner is not None
+        owner = (spec.copy_of or spec).owner
+        if owner is None:
+            continue
         if (
             owner.__module__ == module
             or owner.__module__.startswith(module + ".")

@@ -63,6 +63,7 @@ def _dual_written_specs(cls: type) -> tuple[PhasedSpec, ...]:
             a.spec
             for a in phased_attributes_of(cls)
             if a.spec.phase.writes_old and a.spec._mapper is not None
+            and a.spec.copy_of is None  # copies (version rows) are kept as written
         )
         _specs_by_class[cls] = specs
     return specs

@@ -3,7 +3,8 @@
 Writes the same operations the autogenerate comparator would emit for that
 step, rendered by the same renderers, through Alembic's own ``revision``
 command (so the script template, revision ids and ``down_revision`` are
-Alembic's).
+Alembic's). The operations of the attributes whose tables copy KEY's rows (a
+version table's, :mod:`fourstep_sqla.versioned`) are written with KEY's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from ..attribute import PhasedSpec
 from ..errors import FourStepError
 from ..marks import marks_present
+from ..registry import copies_of
 from ..triggers import triggers_present
 from .ops import RecordPhaseOp, RelaxOldNotNullOp
 from .render import backfill_op, drop_old_op, sync_triggers_op, write_marks_op
@@ -104,9 +106,14 @@ def write_revision(
     dialect = create_engine(database_url).dialect
 
     def directives(context: Any, revision: Any, scripts: list[Any]) -> None:
-        operations = step_operations(
-            spec, step, context.dialect or dialect, context.connection, context.opts
-        )
+        # a version table's copy of the move goes with it, as autogenerate writes it
+        operations = [
+            op
+            for moved in (spec, *copies_of(spec))
+            for op in step_operations(
+                moved, step, context.dialect or dialect, context.connection, context.opts
+            )
+        ]
         script = scripts[0]
         script.upgrade_ops = alembic_ops.UpgradeOps(ops=list(operations))
         script.downgrade_ops = alembic_ops.DowngradeOps(
