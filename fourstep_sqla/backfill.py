@@ -326,8 +326,10 @@ def backfill(
         (PostgreSQL and MySQL/MariaDB; on SQLite ranges run one after another).
     :param on_error: ``"stop"`` or ``"skip"`` when the transform fails on a row.
     :param dry_run: count what would be done; write nothing, not even state.
-    :param lock_timeout_ms: PostgreSQL lock_timeout per batch (capped below
-        half of ``deadlock_timeout``).
+    :param lock_timeout_ms: how long a batch waits for a lock (500 ms by
+        default): PostgreSQL's ``lock_timeout`` (capped below half of
+        ``deadlock_timeout``); MariaDB/MySQL's ``innodb_lock_wait_timeout`` and
+        ``lock_wait_timeout``, in whole seconds (1 at least).
     :param retries: retries of a batch after lock timeouts or deadlocks.
     :param repair: rewrite ``new = forward(old)`` in every row whose places
         disagree (missing or mismatched, see :mod:`fourstep_sqla.places`), not

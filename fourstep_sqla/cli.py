@@ -42,8 +42,10 @@ Commands
                             counts them), not only where the new place is empty:
                             for rows written past the sync triggers, or before
                             them. The old place wins. A run of its own, resumable.
-    ``--lock-timeout-ms MS`` PostgreSQL lock_timeout per batch, 1 to 60000
-                            (capped below half of the server's deadlock_timeout)
+    ``--lock-timeout-ms MS`` how long a batch waits for a lock, 1 to 60000: PostgreSQL's
+                            lock_timeout (capped below half of the server's
+                            deadlock_timeout); on MariaDB/MySQL rounded up to
+                            whole seconds
 ``verify``
     Sort every row by how its places relate (read-only; see
     :mod:`fourstep_sqla.verify`): missing, mismatched (exit 1), lossy (the drop
@@ -457,8 +459,8 @@ def build_parser(prog: str = PROG, *, application: bool = False) -> argparse.Arg
     bf.add_argument("--repair", action="store_true",
                     help="rewrite new = forward(old) wherever the two places disagree")
     bf.add_argument("--lock-timeout-ms", type=_float_in(1, MAX_LOCK_TIMEOUT_MS), default=None,
-                    metavar="MS", help=f"PostgreSQL lock_timeout per batch, 1 to "
-                    f"{_number(MAX_LOCK_TIMEOUT_MS)}")
+                    metavar="MS", help=f"how long a batch waits for a lock, 1 to "
+                    f"{_number(MAX_LOCK_TIMEOUT_MS)} (MariaDB/MySQL: whole seconds)")
 
     vf = commands.add_parser("verify", parents=[common], help="compare forward(old) with new")
     vf.add_argument("--batch-size", type=_int_in(1, MAX_VERIFY_BATCH), default=50_000,

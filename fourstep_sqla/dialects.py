@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
+    insert,
     literal_column,
     or_,
     select,
@@ -39,7 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.exc import DataError, DBAPIError, PendingRollbackError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, PendingRollbackError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column, Table
 from sqlalchemy.types import String, TypeEngine
@@ -142,6 +144,16 @@ class DialectRules:
         """``ADD COLUMN IF NOT EXISTS`` is understood."""
         return False
 
+    def insert_if_absent(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+        """Insert a row unless one with its primary key exists (another process
+        may insert it at the same moment); the row is then locked by this
+        transaction or by the one that inserted it."""
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(table).values(values))
+        except IntegrityError:
+            pass  # another worker inserted it first
+
     def hold_writes(self, conn: Connection) -> None:
         """Make sure ``conn``'s transaction keeps other writers out from here on
         where the database has one writer at a time (the drop gate and the DROP
@@ -239,6 +251,12 @@ class DialectRules:
         return int(conn.execute(stmt, params).rowcount)
 
 
+#: ``conn.info`` keys of MariaDB/MySQL sessions: the batches' lock wait, and a
+#: planning transaction's longer one still in force
+_BATCH_WAIT = "fourstep_batch_lock_wait"
+_PLANNED = "fourstep_planning_lock_wait"
+
+
 class MySQLRules(DialectRules):
     name = "mysql"
 
@@ -246,17 +264,78 @@ class MySQLRules(DialectRules):
         return bool(getattr(conn.dialect, "is_mariadb", False))
 
     def setup_session(self, conn: Connection, lock_timeout_ms: float | None) -> None:
-        """The sync triggers stay out of the library's own writes (``@fourstep_sync``,
-        see :mod:`fourstep_sqla.triggers`)."""
-        conn.exec_driver_sql("SET @fourstep_sync = 'off'")
+        """Short lock waits, and the sync triggers out of the library's own writes.
+
+        ``innodb_lock_wait_timeout`` (row locks) and ``lock_wait_timeout`` (a
+        table's metadata lock, which DDL holds) default to 50 s and a day: a
+        batch would hold its rows that long behind an application's transaction.
+        Both count whole seconds, so ``lock_timeout_ms`` is rounded up to one at
+        least (500 ms: 1 s); a wait that runs out (1205) is retried like a
+        PostgreSQL lock timeout. ``@fourstep_sync``: see :mod:`fourstep_sqla.triggers`.
+        """
+        wanted = lock_timeout_ms if lock_timeout_ms is not None else 500.0
+        seconds = max(1, math.ceil(wanted / 1000))
+        conn.info[_BATCH_WAIT] = seconds
+        # one statement per execute: some drivers refuse several
+        for statement in (
+            f"SET SESSION innodb_lock_wait_timeout = {seconds}",
+            f"SET SESSION lock_wait_timeout = {seconds}",
+            "SET @fourstep_sync = 'off'",
+        ):
+            conn.exec_driver_sql(statement)
         conn.commit()
 
+    def begin_batch(self, conn: Connection) -> None:
+        conn.begin()
+        if conn.info.pop(_PLANNED, False):
+            # back to the batches' short wait after a planning transaction
+            seconds = conn.info.get(_BATCH_WAIT, 1)
+            conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {seconds}")
+
+    def begin_planning(self, conn: Connection, wait_seconds: float | None) -> None:
+        """READ COMMITTED, as on PostgreSQL: the planning reads what another
+        process committed while it waited for the state row's lock, not the
+        snapshot of its first read (REPEATABLE READ would show a state row
+        inserted meanwhile as missing). The state row is waited for up to
+        ``wait_seconds`` (whole seconds; None: a day), not the batches' second."""
+        conn.begin()
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        seconds = 86_400 if wait_seconds is None else max(1, math.ceil(wait_seconds))
+        conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {seconds}")
+        conn.info[_PLANNED] = True
+
     def teardown_session(self, conn: Connection) -> None:
+        conn.info.pop(_BATCH_WAIT, None)
+        conn.info.pop(_PLANNED, None)
+
         def reset() -> None:
-            conn.exec_driver_sql("SET @fourstep_sync = NULL")
+            for statement in (
+                "SET SESSION innodb_lock_wait_timeout = DEFAULT",
+                "SET SESSION lock_wait_timeout = DEFAULT",
+                "SET @fourstep_sync = NULL",
+            ):
+                conn.exec_driver_sql(statement)
             conn.commit()
 
         settle(conn, reset)
+
+    def insert_if_absent(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+        """``INSERT ... ON DUPLICATE KEY UPDATE``: it takes the row's exclusive lock
+        at once. A plain INSERT that finds the key takes a shared lock first
+        (kept after the savepoint's rollback), and two callers that then lock
+        the row for update deadlock (InnoDB, several workers planning at once)."""
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        key = next(iter(table.primary_key.columns))
+        statement = mysql_insert(table).values(values)
+        conn.execute(statement.on_duplicate_key_update({key.name: statement.inserted[key.name]}))
+
+    def reason(self, exc: DBAPIError) -> str:
+        """``1690: BIGINT value is out of range in ...``, not the driver's tuple."""
+        args: Any = getattr(exc.orig, "args", ())
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"{args[0]}: {str(args[1]).splitlines()[0]}"
+        return first_line(exc)
 
 
 class PostgreSQLRules(DialectRules):

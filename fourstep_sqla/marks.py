@@ -12,10 +12,10 @@ Two small kinds of trigger, neither of which needs a transform's SQL form:
   is a stale new place, and is reported (and repaired) as such. PostgreSQL,
   SQLite and MariaDB/MySQL; the library's own writes do not mark (they keep
   the triggers quiet as for the sync triggers).
-- **the drop guard** (:class:`DropGuard`), PostgreSQL only, for the time of one
-  drop without sync triggers: it notes the keys of rows whose old place is
-  written while the gate scans the table, and only those are compared again
-  under the DROP's lock.
+- **the drop guard** (:class:`DropGuard`), PostgreSQL and MariaDB/MySQL, for
+  the time of one drop without sync triggers: it notes the keys of rows whose
+  old place is written while the gate scans the table, and only those are
+  compared again under the DROP's lock.
 
 Row keys are the primary key as a JSON array, built by the database itself
 (:func:`row_key`) on both sides of every comparison.
@@ -302,8 +302,9 @@ class DropGuard:
     committed before the gate starts, notes the primary key of every row
     inserted or whose old column(s) are assigned into ``fourstep_guard``; under
     the DROP's lock, only those rows are compared again, and any that would
-    lose data makes the drop refuse. PostgreSQL only (SQLite holds its write
-    lock from the gate to the DROP).
+    lose data makes the drop refuse. PostgreSQL, and MariaDB/MySQL, where
+    "assigned" is "changed, compared as binary strings" (no ``UPDATE OF``
+    there); SQLite holds its write lock from the gate to the DROP instead.
     """
 
     key: str
@@ -312,20 +313,35 @@ class DropGuard:
     old: tuple[str, ...]
     primary_key: tuple[Column[Any], ...]
     #: where the guard's table and function live (the table's schema, or the
-    #: current one when it names none)
+    #: current one when it names none; MariaDB/MySQL: the table's database)
     home: str | None = None
+    #: the old columns, for the comparison of a MariaDB/MySQL trigger
+    old_columns: tuple[Column[Any], ...] = ()
 
     @classmethod
     def of(cls, conn: Connection, key: str, table: Table, old: Sequence[str]) -> DropGuard:
-        home = table.schema or conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+        home = home_of(conn, table.schema)
         return cls(key, table.name, table.schema, tuple(old),
-                   tuple(table.primary_key.columns), home)
+                   tuple(table.primary_key.columns), home, tuple(table.c[n] for n in old))
+
+    @staticmethod
+    def supported(dialect: Dialect) -> bool:
+        """Where a drop without sync triggers installs a guard."""
+        return dialect.name in ("postgresql", "mysql", "mariadb")
+
+    def _trigger_names(self) -> list[str]:
+        """MariaDB/MySQL: one trigger per event."""
+        return [f"{slug(self.key)}_guard_ins", f"{slug(self.key)}_guard_upd"]
 
     def _q(self, dialect: Dialect, name: str) -> str:
         prep = dialect.identifier_preparer
         if self.home:
             return f"{prep.quote_schema(self.home)}.{prep.quote(name)}"
         return str(prep.quote(name))
+
+    def guard_table(self, dialect: Dialect) -> str:
+        """The quoted name of the table the guard notes keys in."""
+        return self._q(dialect, GUARD_TABLE)
 
     def table(self, dialect: Dialect) -> str:
         """The guarded table's quoted name."""
@@ -334,6 +350,8 @@ class DropGuard:
         return f"{prep.quote_schema(self.schema)}.{name}" if self.schema else str(name)
 
     def create(self, dialect: Dialect) -> list[str]:
+        if dialect.name in ("mysql", "mariadb"):
+            return self._create_mysql(dialect)
         prep = dialect.identifier_preparer
         guard = self._q(dialect, GUARD_TABLE)
         function = self._q(dialect, f"{slug(self.key)}_guard")
@@ -354,11 +372,41 @@ class DropGuard:
             f"{self.table(dialect)} FOR EACH ROW EXECUTE FUNCTION {function}()",
         ]
 
+    def _create_mysql(self, dialect: Dialect) -> list[str]:
+        prep = dialect.identifier_preparer
+        guard = self._q(dialect, GUARD_TABLE)
+        k = prep.quote("key")  # a reserved word there
+        key = _sql(dialect, literal(self.key))
+        new_key = _sql(dialect, row_key([RowRef("NEW", c.name, c.type) for c in self.primary_key]))
+        changed = _sql(dialect, row_differs(
+            [RowRef("NEW", c.name, c.type) for c in self.old_columns],
+            [RowRef("OLD", c.name, c.type) for c in self.old_columns],
+        ))
+        note = (f"INSERT INTO {guard} ({k}, row_key) VALUES ({key}, {new_key}) "
+                f"ON DUPLICATE KEY UPDATE row_key = row_key")
+        inserted, updated = (self._q(dialect, n) for n in self._trigger_names())
+        table = self.table(dialect)
+        return [
+            # 255 + 512 characters: the longest primary key there in utf8mb4
+            f"CREATE TABLE IF NOT EXISTS {guard} ({k} VARCHAR(255) NOT NULL, "
+            f"row_key VARCHAR(512) NOT NULL, PRIMARY KEY ({k}, row_key))",
+            f"DROP TRIGGER IF EXISTS {inserted}",
+            f"DROP TRIGGER IF EXISTS {updated}",
+            f"CREATE TRIGGER {inserted} AFTER INSERT ON {table} FOR EACH ROW {note}",
+            f"CREATE TRIGGER {updated} AFTER UPDATE ON {table} FOR EACH ROW "
+            f"BEGIN IF {changed} THEN {note}; END IF; END",
+        ]
+
     def drop(self, dialect: Dialect) -> list[str]:
         prep = dialect.identifier_preparer
         guard = self._q(dialect, GUARD_TABLE)
         key = str(literal(self.key).compile(dialect=dialect,
                                             compile_kwargs={"literal_binds": True}))
+        if dialect.name in ("mysql", "mariadb"):
+            return [
+                *(f"DROP TRIGGER IF EXISTS {self._q(dialect, n)}" for n in self._trigger_names()),
+                f"DELETE FROM {guard} WHERE {prep.quote('key')} = {key}",
+            ]
         return [
             f"DROP TRIGGER IF EXISTS {prep.quote(slug(self.key) + '_guard')} ON "
             f"{self.table(dialect)}",
@@ -366,9 +414,9 @@ class DropGuard:
             f"DELETE FROM {guard} WHERE key = {key}",
         ]
 
-    def written(self, table: Table) -> ColumnElement[bool]:
+    def written(self, table: Table, dialect: Dialect) -> ColumnElement[bool]:
         """The rows the guard noted: primary key IN (the recorded keys)."""
-        from sqlalchemy import cast, select, tuple_
+        from sqlalchemy import cast, func, select, tuple_
         from sqlalchemy import column as column_clause
         from sqlalchemy import table as table_clause
         from sqlalchemy.dialects.postgresql import JSONB
@@ -376,10 +424,16 @@ class DropGuard:
         guard = table_clause(GUARD_TABLE, column_clause("key"), column_clause("row_key"),
                              schema=self.home)
         keys = [table.c[c.name] for c in self.primary_key]
-        parts = [
-            cast(cast(guard.c.row_key, JSONB)[i].astext, c.type)
-            for i, c in enumerate(keys)
-        ]
+        if dialect.name in ("mysql", "mariadb"):
+            parts = [
+                cast(func.json_unquote(func.json_extract(guard.c.row_key, f"$[{i}]")), c.type)
+                for i, c in enumerate(keys)
+            ]
+        else:
+            parts = [
+                cast(cast(guard.c.row_key, JSONB)[i].astext, c.type)
+                for i, c in enumerate(keys)
+            ]
         recorded = select(*parts).where(guard.c.key == self.key)
         target: Any = keys[0] if len(keys) == 1 else tuple_(*keys)
         condition: ColumnElement[bool] = target.in_(recorded)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .dialects import DialectRules
@@ -342,17 +342,10 @@ class Runner:
             select(state_table.c.key).where(state_table.c.key == key)
         ).first()
         if exists is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(state_table).values(
-                            key=key,
-                            table_name=self.table.fullname,
-                            updated_at=now(),
-                        )
-                    )
-            except IntegrityError:
-                pass  # another worker inserted it first
+            self.rules.insert_if_absent(
+                conn, state_table, {"key": key, "table_name": self.table.fullname,
+                                    "updated_at": now()},
+            )
         stmt = select(state_table.c.key).where(state_table.c.key == key)
         if self.rules.shares_ranges:
             stmt = stmt.with_for_update()

@@ -36,7 +36,10 @@ PostgreSQL
 MariaDB/MySQL
     DDL commits at once there, so there is no transaction to roll back:
     ``lock_wait_timeout`` is set low for the run (whole seconds: 1 s for the
-    default) and each operation is retried on its own.
+    default) and each operation is retried on its own. A revision stopped
+    midway runs again from its start over what it did: Alembic's
+    ``add_column`` and ``drop_column`` skip a column added or dropped already,
+    as the library's own operations skip what is done.
 
 Drop gates first
     ``op.drop_old`` runs its gate (a scan) at once but leaves its DDL for
@@ -290,6 +293,10 @@ class MigrationLocks:
 
         if self._depth == 0 and not isinstance(operation, DropOldOp):
             self.flush()
+        if self._depth == 0 and self.dialect in ("mysql", "mariadb") and _applied_already(
+            operations, operation
+        ):
+            return None
         self._depth += 1
         try:
             if (self._depth == 1 and self._retries_each_operation()
@@ -516,6 +523,32 @@ def _run_migrations(self: MigrationContext, **kw: Any) -> None:
         self._migrations_fn = steps
         _GUARDS.pop(self, None)
         retried_by_migration(guard.connection, None)
+
+
+def _applied_already(operations: Operations, operation: MigrateOperation) -> bool:
+    """MariaDB/MySQL: whether Alembic's ``add_column`` / ``drop_column`` is done
+    already. DDL commits at once there, so a revision stopped midway (a killed
+    process, a failed statement) runs again from its start over what it did:
+    those two are skipped then, as the library's own operations skip what is done."""
+    from alembic.operations import ops as alembic_ops
+    from sqlalchemy import inspect
+
+    if operations.get_context().as_sql:
+        return False
+    if isinstance(operation, alembic_ops.AddColumnOp):
+        name, wanted = operation.column.name, True
+    elif isinstance(operation, alembic_ops.DropColumnOp):
+        name, wanted = operation.column_name, False
+    else:
+        return False
+    conn = operations.get_bind()
+    present = {c["name"] for c in inspect(conn).get_columns(operation.table_name,
+                                                            schema=operation.schema)}
+    if (name in present) != wanted:
+        return False
+    log.info("%s.%s is %s already (this revision ran before, up to there): skipped",
+             operation.table_name, name, "added" if wanted else "dropped")
+    return True
 
 
 @contextmanager

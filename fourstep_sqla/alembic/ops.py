@@ -50,7 +50,7 @@ from ..ddl import LockPolicy, run_ddl
 from ..dialects import rules_for
 from ..errors import FourStepError
 from ..frozen import frozen_transform
-from ..marks import DropGuard, WriteMarks, marks_present
+from ..marks import MARKS_TABLE, DropGuard, WriteMarks, marks_present
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
@@ -589,13 +589,21 @@ def _marks_statements(conn: Any, operation: _OldColumnsOp, table: Table) -> list
 def _install_guard(
     operations: Operations, operation: _OldColumnsOp, table: Table
 ) -> DropGuard | None:
-    """Without sync triggers on PostgreSQL: commit a guard before the gate runs."""
+    """Without sync triggers on PostgreSQL and MariaDB/MySQL: commit a guard
+    before the gate runs."""
     context = operations.get_context()
     conn = operations.get_bind()
-    if conn.dialect.name != "postgresql":
+    if not DropGuard.supported(conn.dialect):
         return None
     if triggers_present(conn, operation.key, table.name, table.schema):
         return None
+    if conn.dialect.name != "postgresql":
+        # DDL commits at once there, on the migration's connection and under its
+        # short lock_wait_timeout (alembic/locks.py)
+        guard = DropGuard.of(conn, operation.key, table, operation.old_names)
+        for statement in guard.create(conn.dialect):
+            conn.exec_driver_sql(statement)
+        return guard
     if context._in_external_transaction:
         log.warning(
             "%s: without sync triggers, and inside a transaction env.py opened, the drop "
@@ -629,6 +637,12 @@ def _remove_guard(operations: Operations, guard: DropGuard) -> None:
     """
     context = operations.get_context()
     try:
+        bind = operations.get_bind()
+        if bind.dialect.name != "postgresql":
+            # DDL commits at once there: nothing of the revision's to end first
+            for statement in guard.drop(bind.dialect):
+                bind.exec_driver_sql(statement)
+            return
         with context.autocommit_block():
             connection = context.connection
             assert connection is not None
@@ -647,7 +661,9 @@ def _recheck_guarded(conn: Any, operation: _OldColumnsOp, table: Table, guard: D
     """Under the DROP's lock: the rows written while the gate ran, compared again."""
     from ..verify import verify_rows
 
-    result = verify_rows(conn, operation.spec(table), guard.written(table), synced=False)
+    result = verify_rows(
+        conn, operation.spec(table), guard.written(table, conn.dialect), synced=False
+    )
     lossy = result.lossy if not operation.accept_lossy else 0
     if result.ok and not lossy:
         return
@@ -704,8 +720,12 @@ def _drop_columns(
     def drop() -> None:
         bind = operations.get_bind()
         if guard is not None and table is not None:
-            # the DROP's own lock first: from here on no write can slip in
-            bind.exec_driver_sql(f"LOCK TABLE {guard.table(dialect)} IN ACCESS EXCLUSIVE MODE")
+            # the DROP's own lock first: from here on no write can slip in (on
+            # MariaDB/MySQL the caller holds the table's write lock already)
+            if dialect.name == "postgresql":
+                bind.exec_driver_sql(
+                    f"LOCK TABLE {guard.table(dialect)} IN ACCESS EXCLUSIVE MODE"
+                )
             _recheck_guarded(bind, operation, table, guard)
             for statement in guard.drop(dialect):
                 bind.exec_driver_sql(statement)
@@ -726,7 +746,15 @@ def _drop_columns(
         quoted = prep.quote(operation.table_name)
         if operation.schema:
             quoted = f"{prep.quote_schema(operation.schema)}.{quoted}"
-        bind.exec_driver_sql(f"LOCK TABLES {quoted} WRITE")
+        # every table used while the lock is held must be locked with it: the
+        # guard's, which the comparison under the lock reads and the guard's
+        # removal clears, and the write marks' when they are forgotten here
+        also_locked = [guard.guard_table(dialect)] if guard is not None else []
+        if any(MARKS_TABLE in statement for statement in drop_triggers):
+            also_locked.append(_home_quoted(dialect, operation.schema, MARKS_TABLE))
+        bind.exec_driver_sql(
+            "LOCK TABLES " + ", ".join(f"{t} WRITE" for t in [quoted, *also_locked])
+        )
         try:
             drop()
         finally:
@@ -734,6 +762,13 @@ def _drop_columns(
         return
     what = f"DROP COLUMN {', '.join(operation.old_names)}"
     run_ddl(operations.get_bind(), f"{operation.key}: {what}", drop, lock_policy(operations))
+
+
+def _home_quoted(dialect: Any, schema: str | None, name: str) -> str:
+    """``name`` quoted, in ``schema`` when there is one."""
+    prep = dialect.identifier_preparer
+    quoted = str(prep.quote(name))
+    return f"{prep.quote_schema(schema)}.{quoted}" if schema else quoted
 
 
 def _clear_batch_copy(operations: Operations, table_name: str) -> None:

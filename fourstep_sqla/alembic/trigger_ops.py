@@ -35,7 +35,7 @@ from sqlalchemy import Column
 from ..ddl import run_ddl
 from ..errors import SyncTriggerError
 from ..marks import WriteMarks
-from ..triggers import SyncTriggers, from_table, placed
+from ..triggers import SyncTriggers, from_table, placed, triggers_present
 from .ops import lock_policy, reflect_columns
 
 __all__ = [
@@ -217,6 +217,14 @@ def _create_sync_triggers(operations: Operations, operation: CreateSyncTriggersO
 
 @Operations.implementation_for(DropSyncTriggersOp)
 def _drop_sync_triggers(operations: Operations, operation: DropSyncTriggersOp) -> None:
+    if not operations.get_context().as_sql and not triggers_present(
+        operations.get_bind(), operation.key, operation.table_name, operation.schema
+    ):
+        # gone already: a revision run again after it was stopped past this point
+        # (MariaDB/MySQL commit DDL at once: the new columns may be gone too)
+        log.info("%s: no sync triggers on %s; nothing to drop", operation.key,
+                 operation.table_name)
+        return
     triggers = operation.triggers(operations)
     if triggers is not None:
         run_statements(operations, operation.key, "drop sync triggers",

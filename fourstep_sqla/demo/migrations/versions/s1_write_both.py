@@ -21,6 +21,12 @@ down_revision = "s0"
 branch_labels = None
 depends_on = None
 
+_AT = (
+    "locate(CONVERT(' ' USING utf8mb4) COLLATE utf8mb4_bin, "
+    "CONVERT(name USING utf8mb4) COLLATE utf8mb4_bin)"
+)
+_FIRST = f"CASE WHEN ({_AT} > 0) THEN substr(name, 1, {_AT} - 1) ELSE name END"
+_LAST = f"CASE WHEN ({_AT} > 0) THEN substr(name, {_AT} + 1) END"
 FORWARD_SQL = {
     "sqlite": {
         "first_name": "nullif(CASE WHEN (instr(name, ' ') > 0) "
@@ -34,8 +40,20 @@ FORWARD_SQL = {
         "last_name": "nullif(CASE WHEN (strpos(name, ' ') > 0) "
         "THEN substr(name, strpos(name, ' ') + 1) END, '')",
     },
+    # the separator is found by binary comparison, never by the column's collation
+    "mysql": {
+        "first_name": f"CASE WHEN (char_length({_FIRST}) > 0) THEN {_FIRST} ELSE NULL END",
+        "last_name": f"CASE WHEN (char_length({_LAST}) > 0) THEN {_LAST} ELSE NULL END",
+    },
 }
-BACKWARD_SQL = {"name": "coalesce(first_name || ' ' || last_name, first_name, last_name)"}
+FORWARD_SQL["mariadb"] = FORWARD_SQL["mysql"]
+_JOIN = "coalesce(first_name || ' ' || last_name, first_name, last_name)"
+BACKWARD_SQL = {
+    "sqlite": {"name": _JOIN},
+    "postgresql": {"name": _JOIN},
+    "mysql": {"name": "coalesce(concat(first_name, ' ', last_name), first_name, last_name)"},
+}
+BACKWARD_SQL["mariadb"] = BACKWARD_SQL["mysql"]
 
 
 def _triggers() -> dict:
@@ -43,7 +61,7 @@ def _triggers() -> dict:
         "old": [sa.Column("name", sa.String(80), nullable=True)],
         "new": [sa.Column("first_name", sa.String(40)), sa.Column("last_name", sa.String(40))],
         "forward_sql": FORWARD_SQL[op.get_context().dialect.name],
-        "backward_sql": BACKWARD_SQL,
+        "backward_sql": BACKWARD_SQL[op.get_context().dialect.name],
         # split and join never raise: no per-row error handler in the triggers
         "catch_errors": False,
     }
