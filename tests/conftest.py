@@ -2,11 +2,12 @@
 
 - ``sqlite_engine``: a file-backed SQLite database per test.
 - ``mysql_db_engine``: on MariaDB/MySQL, a database of its own per test.
-- ``every_engine``: parametrized over SQLite, PostgreSQL and MariaDB.
 - ``pg_engine`` / ``mysql_engine``: one engine per session; skipped when the
   server is not reachable, failed instead when ``CI`` is set.
-- ``engine``: parametrized over SQLite and PostgreSQL; on PostgreSQL each test
-  gets its own schema (first on ``search_path``), dropped afterwards.
+- ``server_engine``: PostgreSQL and MariaDB (several writers at a time).
+- ``engine`` (alias ``every_engine``): parametrized over SQLite, PostgreSQL and
+  MariaDB; on PostgreSQL each test gets its own schema (first on
+  ``search_path``), on MariaDB a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -121,22 +122,38 @@ def pg_schema_engine(pg_engine: Engine) -> Iterator[Engine]:
             conn.execute(DropSchema(schema, cascade=True))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+ENGINE_PARAMS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+_ENGINE_FIXTURES = {
+    "sqlite": "sqlite_engine",
+    "postgresql": "pg_schema_engine",
+    "mariadb": "mysql_db_engine",
+}
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
 def engine(request: pytest.FixtureRequest) -> Engine:
-    """The same test on SQLite and on PostgreSQL (isolated schema)."""
-    name = "sqlite_engine" if request.param == "sqlite" else "pg_schema_engine"
-    result: Engine = request.getfixturevalue(name)
+    """The same test on SQLite, PostgreSQL (isolated schema) and MariaDB (a
+    database of its own)."""
+    result: Engine = request.getfixturevalue(_ENGINE_FIXTURES[request.param])
     return result
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
-                        pytest.param("mariadb", marks=pytest.mark.mysql)])
+@pytest.fixture(params=ENGINE_PARAMS)
 def every_engine(request: pytest.FixtureRequest) -> Engine:
-    """The same test on SQLite, PostgreSQL (isolated schema) and MariaDB (a
-    database of its own): where ``engine`` is heading (issue 10)."""
-    name = {"sqlite": "sqlite_engine", "postgresql": "pg_schema_engine",
-            "mariadb": "mysql_db_engine"}[request.param]
-    result: Engine = request.getfixturevalue(name)
+    """The same as ``engine``, under the name some tests use."""
+    result: Engine = request.getfixturevalue(_ENGINE_FIXTURES[request.param])
+    return result
+
+
+@pytest.fixture(params=ENGINE_PARAMS[1:])
+def server_engine(request: pytest.FixtureRequest) -> Engine:
+    """PostgreSQL and MariaDB: the databases with several writers at a time (row
+    locks, workers sharing a run), where SQLite has one."""
+    result: Engine = request.getfixturevalue(_ENGINE_FIXTURES[request.param])
     return result
 
 

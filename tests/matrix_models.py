@@ -27,6 +27,9 @@ from fourstep_sqla import Phase, Transform, phased
 
 __all__ = ["SHAPES", "Sample", "Shape"]
 
+#: ``Mapped[str]`` gets a length: MariaDB/MySQL have no VARCHAR without one
+TEXT_LENGTH: dict[Any, Any] = {str: String(200)}
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -82,7 +85,7 @@ class Shape:
 # -- split: name -> first_name, last_name ----------------------------------------
 def make_split(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
     class Base(DeclarativeBase):
-        pass
+        type_annotation_map = TEXT_LENGTH
 
     class SplitUser(Base):
         __tablename__ = "mx_split"
@@ -109,7 +112,7 @@ def make_split(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
 # -- rename: mail -> email -----------------------------------------------------
 def make_rename(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
     class Base(DeclarativeBase):
-        pass
+        type_annotation_map = TEXT_LENGTH
 
     class RenameUser(Base):
         __tablename__ = "mx_rename"
@@ -135,7 +138,7 @@ def make_rename(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
 # -- type change: amount_text VARCHAR -> amount INTEGER --------------------------
 def make_cast(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
     class Base(DeclarativeBase):
-        pass
+        type_annotation_map = TEXT_LENGTH
 
     class CastOrder(Base):
         __tablename__ = "mx_cast"
@@ -185,7 +188,7 @@ def unmerge_point_sql(location: Any) -> tuple[Any, Any]:
 
 def make_merge(phase: Phase) -> tuple[type[DeclarativeBase], type[Any]]:
     class Base(DeclarativeBase):
-        pass
+        type_annotation_map = TEXT_LENGTH
 
     class MergePlace(Base):
         __tablename__ = "mx_merge"

@@ -265,6 +265,25 @@ class TestRendering:
         assert "strpos(name, ' ')" in env.rendered["up3"]
         assert "instr(" not in env.rendered["up3"]
 
+    def test_mariadb_renders_its_own_sql(self, mysql_db_engine: Engine, tmp_path: Path) -> None:
+        """The separator found by binary comparison, ``concat()`` for ``||`` (an OR
+        there), emptiness by lengths (PAD SPACE)."""
+        env = Env(tmp_path, mysql_db_engine)
+        env.rendered_steps()
+        up3, up4 = env.rendered["up3"], env.rendered["up4"]
+        assert "locate(CONVERT(' ' USING utf8mb4) COLLATE utf8mb4_bin, " in up3
+        assert "instr(" not in up3 and "strpos(" not in up3
+        assert "char_length(replace(name, ' ', '')) > 0 OR char_length(name) >= 2" in up3
+        backward = "coalesce(concat(first_name, ' ', last_name), first_name, last_name)"
+        assert f"backward_sql={{'name': \"{backward}\"}}" in up4
+
+
+#: how split(" ")'s SQL finds the separator, per database
+SPACE_AT = {"postgresql": "strpos(", "sqlite": "instr(", "mysql": "locate("}
+#: how its emptiness test looks without the transform: MariaDB/MySQL compare
+#: '' = ' ' = '  ' (PAD SPACE collations), so lengths there instead of NOT IN
+PRESENT = {"postgresql": "NOT IN", "sqlite": "NOT IN", "mysql": "char_length(replace("}
+
 
 class TestEmptyForward:
     """Rows whose forward(old) is empty ('' and ' ' split into two NULLs) stay alone."""
@@ -304,8 +323,8 @@ class TestEmptyForward:
         wheres = self._upgrade_to_s3(env)
 
         self._assert_rows(env)
-        position = "strpos(" if engine.dialect.name == "postgresql" else "instr("
-        assert wheres and all(position not in w and "NOT IN" in w for w in wheres), wheres
+        position, present = SPACE_AT[engine.dialect.name], PRESENT[engine.dialect.name]
+        assert wheres and all(position not in w and present in w for w in wheres), wheres
 
     def test_revision_without_it_tests_the_transform(self, engine: Engine, tmp_path: Path) -> None:
         env = Env(tmp_path, engine)
@@ -317,8 +336,7 @@ class TestEmptyForward:
         wheres = self._upgrade_to_s3(env)
 
         self._assert_rows(env)
-        position = "strpos(" if engine.dialect.name == "postgresql" else "instr("
-        assert wheres and all(position in w for w in wheres), wheres
+        assert wheres and all(SPACE_AT[engine.dialect.name] in w for w in wheres), wheres
 
 
 class TestLifecycle:

@@ -1,9 +1,9 @@
 """Async applications: ``fourstep_sqla.asyncio`` and Alembic's async ``env.py``.
 
 Written the way a FastAPI service on an async driver uses the library, on
-PostgreSQL through asyncpg and on SQLite through aiosqlite (each PostgreSQL
-test gets a database of its own, so that the asyncpg URL needs no
-``search_path`` option):
+PostgreSQL through asyncpg, on MariaDB through aiomysql and on SQLite through
+aiosqlite (each PostgreSQL test gets a database of its own, so that the
+asyncpg URL needs no ``search_path`` option):
 
 - :func:`test_fastapi_app_backfills_while_it_serves`: a FastAPI app on an
   ``AsyncEngine`` reads and writes through ``AsyncSession``; its admin
@@ -13,10 +13,10 @@ test gets a database of its own, so that the asyncpg URL needs no
 - :func:`test_options_and_reports`: the same options and the same reports as
   the synchronous functions: Python mode, ``on_error`` stop and skip,
   ``dry_run``, ``max_seconds`` then resume, ``repair``, ``progress``.
-- :func:`test_workers_on_asyncpg`: ``workers=4`` are four connections of the
-  engine sharing one run's ranges, every row written once.
-- :func:`test_text_keys_on_asyncpg` (expected to fail, strict): a text primary
-  key; ``fourstep_sqla/keys.py`` still sends two statements in one execute.
+- :func:`test_workers_on_async_drivers`: ``workers=4`` are four connections of
+  the engine sharing one run's ranges, every row written once.
+- :func:`test_text_keys_on_async_drivers`: a text primary key (one statement
+  per execute, as asyncpg demands).
 - :func:`test_an_async_connection_is_the_only_connection`: an in-memory
   aiosqlite database behind ``NullPool`` exists on one connection only: the
   backfill and verify run on it, never on another one.
@@ -44,13 +44,16 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
+from conftest import ENGINE_PARAMS
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import (
     Engine,
     Integer,
     String,
+    cast,
     create_engine,
+    func,
     insert,
     inspect,
     make_url,
@@ -72,7 +75,8 @@ from fourstep_sqla.asyncio import backfill, check, pending_count, verify
 from fourstep_sqla.backfill import BackfillError, BackfillProgress, ExternalTransactionError
 from fourstep_sqla.check import DeployOrderError
 from fourstep_sqla.errors import FourStepError
-from fourstep_sqla.state import read_state
+from fourstep_sqla.state import ranges_table, read_state
+from fourstep_sqla.triggers import triggers_on
 
 TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
 
@@ -168,9 +172,26 @@ def sqlite_db(tmp_path: Path) -> Iterator[Db]:
         sync.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture
+def mysql_db(mysql_db_engine: Engine) -> Db:
+    """A MariaDB database of its own, reached through aiomysql."""
+    url = mysql_db_engine.url.set(drivername="mysql+aiomysql")
+    return Db("mysql", url.render_as_string(hide_password=False), mysql_db_engine)
+
+
+_DBS = {"sqlite": "sqlite_db", "postgresql": "pg_db", "mariadb": "mysql_db"}
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
 def db(request: pytest.FixtureRequest) -> Db:
-    result: Db = request.getfixturevalue("sqlite_db" if request.param == "sqlite" else "pg_db")
+    result: Db = request.getfixturevalue(_DBS[request.param])
+    return result
+
+
+@pytest.fixture(params=ENGINE_PARAMS[1:])
+def server_db(request: pytest.FixtureRequest) -> Db:
+    """PostgreSQL through asyncpg, MariaDB through aiomysql."""
+    result: Db = request.getfixturevalue(_DBS[request.param])
     return result
 
 
@@ -376,8 +397,8 @@ def test_options_and_reports(db: Db) -> None:
     assert people_rows(db)[3] == ("First3 Last3", "First3", "Last3")
 
 
-@pytest.mark.postgres
-def test_workers_on_asyncpg(pg_db: Db) -> None:
+def test_workers_on_async_drivers(server_db: Db) -> None:
+    pg_db = server_db
     orders = {i: (f"bad{i}" if i == 2500 else str(i)) for i in range(1, 3001)}
     seed(pg_db, people=40_000, orders=orders)
 
@@ -388,9 +409,9 @@ def test_workers_on_asyncpg(pg_db: Db) -> None:
             report = await backfill(engine, Person.full_name, workers=4, batch_size=1000,
                                     target_ms=0, progress=seen.append)
             async with engine.connect() as conn:
-                ranges = (await conn.execute(text(
-                    "SELECT count(*) FROM fourstep_ranges WHERE key = 'aio_people.full_name'"
-                ))).scalar_one()
+                ranges = (await conn.execute(
+                    select(func.count()).where(ranges_table.c.key == "aio_people.full_name")
+                )).scalar_one()
             # one worker fails: the call raises, its siblings stop, nothing hangs
             with pytest.raises(BackfillError, match=r"\(2500,\)"):
                 await backfill(engine, Order.amount, workers=3, batch_size=100, target_ms=0)
@@ -402,8 +423,8 @@ def test_workers_on_asyncpg(pg_db: Db) -> None:
     report, seen, ranges, skipped = asyncio.run(scenario())
     assert skipped.complete and skipped.skipped_keys == [(2500,)]
     with pg_db.sync.connect() as conn:
-        filled = conn.execute(text(
-            "SELECT count(*) FROM aio_orders WHERE amount_cents::text = amount")).scalar_one()
+        filled = conn.execute(select(func.count()).where(
+            cast(ORDERS.c.amount_cents, String(20)) == ORDERS.c.amount)).scalar_one()
     assert filled == 2999
     assert report.complete and report.ok
     assert report.rows_updated == 40_000  # each row written once, by one worker
@@ -432,8 +453,8 @@ class Code(Base):
     )
 
 
-@pytest.mark.postgres
-def test_text_keys_on_asyncpg(pg_db: Db) -> None:
+def test_text_keys_on_async_drivers(server_db: Db) -> None:
+    pg_db = server_db
     Base.metadata.create_all(pg_db.sync)
     with pg_db.sync.begin() as conn:
         conn.execute(insert(Code.__table__), [{"code": f"k{i:05d}", "name": f"A{i} B{i}"}
@@ -777,11 +798,7 @@ def test_async_alembic_env_carries_the_four_steps(db: Db, tmp_path: Path) -> Non
     assert read_state(sync, "users.full_name").recorded_phase == 0  # type: ignore[union-attr]
     columns = {c["name"]: c for c in inspect(sync).get_columns("users")}
     assert not columns["name"]["nullable"]
-    if db.dialect == "postgresql":
-        with sync.connect() as conn:
-            triggers = conn.execute(text(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass "
-                "AND NOT tgisinternal")).scalar_one()
-        assert triggers == 0
+    with sync.connect() as conn:
+        assert triggers_on(conn, "users", None) == set()
     # the URL the test handed Alembic is the async one: nothing here ran synchronously
     assert make_url(db.url).get_dialect().is_async

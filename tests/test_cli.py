@@ -22,12 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ENGINE_PARAMS
 from sqlalchemy import (
     Column,
     Engine,
@@ -35,11 +36,15 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
+    func,
     inspect,
     select,
     text,
     update,
 )
+
+from fourstep_sqla.state import progress_table, ranges_table
 
 MODELS = '''
 from sqlalchemy import String
@@ -171,6 +176,14 @@ def _install_touch_trigger(conn: Any, n: int) -> None:
                 "FOR EACH ROW EXECUTE FUNCTION count_touch()"
             )
         )
+    elif conn.dialect.name == "mysql":
+        # no UPDATE OF there: every row update counts (the backfill is the only writer)
+        conn.execute(
+            text(
+                "CREATE TRIGGER users_touch AFTER UPDATE ON users FOR EACH ROW "
+                "UPDATE touch_count SET n = n + 1 WHERE id = NEW.id"
+            )
+        )
     else:
         conn.execute(
             text(
@@ -292,11 +305,12 @@ def assert_usage_error(result: Result, *fragments: str) -> str:
     return line
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+def _db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
     (tmp_path / "cli_models.py").write_text(MODELS)
-    if request.param == "sqlite":
-        engine: Engine = request.getfixturevalue("sqlite_engine")
+    if request.param in ("sqlite", "mariadb"):
+        engine: Engine = request.getfixturevalue(
+            "sqlite_engine" if request.param == "sqlite" else "mysql_db_engine"
+        )
         url = engine.url.render_as_string(hide_password=False)
     else:
         engine = request.getfixturevalue("pg_schema_engine")
@@ -305,19 +319,18 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
         url = engine.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
             hide_password=False
         )
-    yield Db(request.param, engine, url, tmp_path)
+    return Db(request.param, engine, url, tmp_path)
 
 
-@pytest.fixture
-def pg_db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
-    (tmp_path / "cli_models.py").write_text(MODELS)
-    engine: Engine = request.getfixturevalue("pg_schema_engine")
-    with engine.connect() as conn:
-        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
-    url = engine.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-    return Db("postgresql", engine, url, tmp_path)
+@pytest.fixture(params=ENGINE_PARAMS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    return _db(request, tmp_path)
+
+
+@pytest.fixture(params=ENGINE_PARAMS[1:])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    """PostgreSQL and MariaDB: several workers write at once there."""
+    return _db(request, tmp_path)
 
 
 # -- 1-3: status, backfill, verify -------------------------------------------------------
@@ -686,17 +699,15 @@ def _runs(engine: Engine) -> dict[str, RunSnapshot]:
     with engine.connect() as conn:
         if not inspect(conn).has_table("fourstep_progress"):
             return {}
+        p = progress_table.c
         progress = conn.execute(
-            text(
-                "SELECT run_id, SUM(rows_updated), SUM(batches), "
-                "MIN(CASE WHEN done THEN 1 ELSE 0 END) FROM fourstep_progress "
-                "WHERE key = :key GROUP BY run_id"
-            ),
-            {"key": USERS},
+            select(p.run_id, func.sum(p.rows_updated), func.sum(p.batches),
+                   func.min(case((p.done, 1), else_=0)))
+            .where(p.key == USERS).group_by(p.run_id)
         ).all()
+        r = ranges_table.c
         ranges = conn.execute(
-            text("SELECT run_id, lower_key, upper_key FROM fourstep_ranges WHERE key = :key"),
-            {"key": USERS},
+            select(r.run_id, r.lower_key, r.upper_key).where(r.key == USERS)
         ).all()
     needed: dict[str, int] = {}
     for run_id, lower, upper in ranges:
@@ -782,34 +793,34 @@ def test_sigkill_at_random_moments_then_resume(db: Db) -> None:
 
 
 # -- 8: several workers ------------------------------------------------------------------
-@pytest.mark.postgres
 @pytest.mark.parametrize("workers", [2, 4])
-def test_workers_write_every_row_once(pg_db: Db, workers: int) -> None:
+def test_workers_write_every_row_once(server_db: Db, workers: int) -> None:
     n = 20_000
-    seed_users(pg_db.engine, n, touches=True)
+    seed_users(server_db.engine, n, touches=True)
     pending = pending_users(n)
     result = fourstep(
-        pg_db, "backfill", USERS, "--workers", str(workers), "--batch-size", "500",
+        server_db, "backfill", USERS, "--workers", str(workers), "--batch-size", "500",
         "--target-ms", "0",
     )
     assert result.returncode == 0, str(result)
     done = result.one("done")
     assert done["complete"] is True and done["rows_updated"] == pending
-    assert_users_backfilled(pg_db.engine, n)
-    counts = touches(pg_db.engine)
+    assert_users_backfilled(server_db.engine, n)
+    counts = touches(server_db.engine)
     assert max(counts.values()) == 1
     assert sum(counts.values()) == pending
-    (run,) = _runs(pg_db.engine).values()
+    (run,) = _runs(server_db.engine).values()
     assert run.rows_updated == pending and run.done
-    verify = fourstep(pg_db, "verify", USERS)
+    verify = fourstep(server_db, "verify", USERS)
     assert verify.returncode == 0, str(verify)
 
 
 # -- demo, revision, status --check ---------------------------------------------------
-def test_demo_subprocess(tmp_path: Path) -> None:
+def test_demo_subprocess(db: Db) -> None:
+    """``fourstep demo --url URL`` on each database."""
     result = subprocess.run(
-        [*command("demo", "--rows", "300")], cwd=tmp_path, env=cli_env(None, models=None),
-        capture_output=True, text=True, timeout=120,
+        [*command("demo", "--url", db.url, "--rows", "300")], cwd=db.path,
+        env=cli_env(None, models=None), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for step in ("Step 1 (WRITE_BOTH)", "Step 3 (STOP_READ_OLD)", "Step 4 (STOP_WRITE_OLD)",

@@ -400,6 +400,70 @@ def test_a_terminated_backend_is_named_and_the_backfill_resumes(
     assert_users_backfilled(engine, N_ROWS)
 
 
+def _kill_idle_when(admin: Engine, database: str, stop: threading.Event,
+                    hits: list[int]) -> None:
+    """MariaDB: KILL every connection to ``database`` once all of them have been
+    idle for 50 ms (the batches' one is then between two batches) and rows are
+    written: the lease's too, the batch connection among them."""
+    with admin.connect() as conn:
+        while not stop.is_set():
+            rows = conn.execute(text(
+                "SELECT id, command = 'Sleep' AND time_ms > 50 FROM "
+                "information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()"
+            ), {"db": database}).all()
+            filled = conn.execute(text(
+                f"SELECT count(*) FROM {database}.users WHERE first_name IS NOT NULL"
+            )).scalar_one()
+            conn.rollback()
+            if len(rows) >= 2 and all(idle for _id, idle in rows) and filled:
+                for pid, _idle in rows:
+                    conn.exec_driver_sql(f"KILL CONNECTION {int(pid)}")
+                hits.append(len(rows))
+                return
+            time.sleep(0.005)
+
+
+@pytest.mark.mysql
+def test_a_killed_connection_is_named_and_the_backfill_resumes_on_mariadb(
+    tmp_path: Path, mysql_db_engine: Engine, mysql_engine: Engine
+) -> None:
+    """MariaDB's ``KILL CONNECTION`` between two batches: the next statement finds
+    the connection gone (client error 2013/2006), named as such; the run resumes."""
+    (tmp_path / "cli_models.py").write_text(MODELS)
+    engine = mysql_db_engine
+    seed_users(engine, N_ROWS)
+    engine.dispose()  # every connection to the database is then the command's
+    url = engine.url.render_as_string(hide_password=False)
+    stop = threading.Event()
+    hits: list[int] = []
+    killer = threading.Thread(target=_kill_idle_when,
+                              args=(mysql_engine, str(engine.url.database), stop, hits))
+    killer.start()
+    try:
+        run = fourstep(tmp_path, "backfill", USERS, "--json", "--batch-size", "100",
+                       "--target-ms", "0", "--pause-ms", "200", url=url)
+    finally:
+        stop.set()
+        killer.join()
+    assert hits, f"no connection was killed: {run}"
+    assert run.returncode == 1, str(run)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fourstep: error: "), str(run)
+    line = lines[0]
+    assert "PendingRollbackError" not in run.output and "Can't reconnect" not in run.output, line
+    assert "terminated" in line or "closed the connection" in line, line
+    assert "run the same command again" in line and "resume" in line, line
+
+    with engine.connect() as conn:
+        written = conn.execute(
+            select(func.count()).select_from(users).where(users.c.first_name.is_not(None))
+        ).scalar_one()
+    assert written < N_ROWS  # stopped part way
+    again = fourstep(tmp_path, "backfill", USERS, "--json", url=url)
+    assert again.returncode == 0, str(again)
+    assert_users_backfilled(engine, N_ROWS)
+
+
 @pytest.mark.postgres
 def test_a_terminated_backend_reaches_a_library_caller_as_itself(
     tmp_path: Path, pg_schema_engine: Engine, pg_engine: Engine

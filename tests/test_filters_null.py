@@ -13,14 +13,12 @@ The oracle is written by hand (``Row.forward`` is ``forward(old)`` computed
 without the library) and instance reads are checked against it first, so a
 filter and a read that were wrong in the same way would still fail.
 
-Runs on SQLite and PostgreSQL (``engine``) and on MariaDB (``mysql_engine``,
-marked ``mysql``; its tables are dropped afterwards).
+Runs on SQLite, PostgreSQL and MariaDB (``engine``).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -321,33 +319,6 @@ def test_filters_agree_with_instance_reads(
 ) -> None:
     model = make_model(move, phase, table_name(move, phase, pinned))
     got, want = check_agreement(engine, model, move, phase, pinned)
-    assert got == want
-
-
-@pytest.fixture
-def mysql_tables(mysql_engine: Engine) -> Iterator[list[Any]]:
-    """Models created on MariaDB by the test; their tables are dropped afterwards."""
-    models: list[Any] = []
-    yield models
-    for model in models:
-        model.metadata.drop_all(mysql_engine)
-
-
-@pytest.mark.mysql
-@by_move
-@by_phase
-def test_filters_agree_with_instance_reads_on_mariadb(
-    mysql_engine: Engine,
-    mysql_tables: list[Any],
-    move: Move,
-    phase: Phase,
-    pinned: Phase | None,
-) -> None:
-    # the database is shared: a random suffix keeps concurrent runs apart
-    table = table_name(move, phase, pinned, f"_{secrets.token_hex(3)}")
-    model = make_model(move, phase, table)
-    mysql_tables.append(model)
-    got, want = check_agreement(mysql_engine, model, move, phase, pinned)
     assert got == want
 
 

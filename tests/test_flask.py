@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from conftest import ENGINE_PARAMS
 from flask import Flask
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -176,11 +177,13 @@ class Database:
     url: str  # the app's SQLALCHEMY_DATABASE_URI
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=ENGINE_PARAMS)
 def database(request: pytest.FixtureRequest) -> Database:
-    if request.param == "sqlite":
-        engine: Engine = request.getfixturevalue("sqlite_engine")
-        return Database("sqlite", engine, engine.url.render_as_string(hide_password=False))
+    if request.param in ("sqlite", "mariadb"):
+        engine: Engine = request.getfixturevalue(
+            "sqlite_engine" if request.param == "sqlite" else "mysql_db_engine"
+        )
+        return Database(request.param, engine, engine.url.render_as_string(hide_password=False))
     engine = request.getfixturevalue("pg_schema_engine")
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()

@@ -458,7 +458,7 @@ def test_cli_with_aiosqlite_urls(tmp_path: Path) -> None:
 
 @pytest.mark.mysql
 def test_cli_with_an_aiomysql_url(mysql_db_engine: Engine, tmp_path: Path) -> None:
-    """aiomysql is not even installed: the URL runs through PyMySQL."""
+    """The URL runs through PyMySQL (whether aiomysql is installed or not)."""
     (tmp_path / "cli_models.py").write_text(CLI_MODELS)
     _users_table(mysql_db_engine)
     url = mysql_db_engine.url.set(drivername="mysql+aiomysql").render_as_string(

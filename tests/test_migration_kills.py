@@ -19,16 +19,18 @@ operation       command                 what it does that a kill can cut in two
 ==============  ======================  ===========================================
 
 an uninterrupted ``alembic`` process runs it on the reference database (the
-``engine`` fixture: a SQLite file, or a PostgreSQL schema of its own) and its
-end state is taken. Then, on twins brought to the same starting point (SQLite:
-a copy of the reference's file; PostgreSQL: a fresh schema built the same
-way), the same command runs in a process that gets SIGKILL after a random
-delay, and then runs again to completion. The delays come from a seeded
+``engine`` fixture: a SQLite file, a PostgreSQL schema of its own, or a MariaDB
+database of its own) and its end state is taken. Then, on twins brought to the
+same starting point (SQLite: a copy of the reference's file; PostgreSQL and
+MariaDB: a fresh schema or database built the same way), the same command
+runs in a process that gets SIGKILL after a random delay, and then runs again
+to completion. The delays come from a seeded
 ``random.Random``, one in each equal slice of the uninterrupted run's length,
 counted from the moment ``env.py`` starts the migrations (a run that is over
 before its kill is tried again on a new twin, sooner). The end state must be
 the uninterrupted run's: every row (all columns), the columns and their
-nullability, the indexes (PostgreSQL: their definitions and ``indisvalid``),
+nullability (MariaDB: ``SHOW CREATE TABLE``, where DDL commits statement by
+statement), the indexes (PostgreSQL: their definitions and ``indisvalid``),
 the constraints, the sync triggers and their functions, the tables,
 ``alembic_version``, the recorded phase and the backfill run's status; and
 nothing is left behind (no ``_alembic_tmp_*`` table, no INVALID index, no
@@ -74,7 +76,7 @@ from fourstep_sqla.state import read_state
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the launcher forks")
 
 KEY = "users.full_name"
-ROWS = {"sqlite": 300_000, "postgresql": 200_000}
+ROWS = {"sqlite": 150_000, "postgresql": 100_000, "mysql": 30_000}
 SEED = 9
 MARK = "fourstep-kill-test: migrations start"
 DONE = "fourstep-kill-test: migrations done"
@@ -210,14 +212,20 @@ class Database:
 
 
 class Databases:
-    """Fresh databases of the reference's dialect: SQLite files, PostgreSQL schemas."""
+    """Fresh databases of the reference's dialect: SQLite files, PostgreSQL schemas,
+    MariaDB databases."""
 
-    def __init__(self, reference: Engine, tmp_path: Path, pg_engine: Engine | None) -> None:
+    def __init__(self, reference: Engine, tmp_path: Path, pg_engine: Engine | None,
+                 mysql_engine: Engine | None = None) -> None:
         self.dialect = reference.dialect.name
         self.tmp_path = tmp_path
         self.pg_engine = pg_engine
+        self.mysql_engine = mysql_engine
         self.made: list[Database] = []
-        if self.dialect == "postgresql":
+        if self.dialect == "mysql":
+            self.reference = Database("reference", reference,
+                                      reference.url.render_as_string(hide_password=False))
+        elif self.dialect == "postgresql":
             with reference.connect() as conn:
                 schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
             url = reference.url.update_query_dict({"options": f"-csearch_path={schema}",
@@ -235,6 +243,13 @@ class Databases:
                 shutil.copyfile(copy_of, path)
             db = Database(name, create_engine(f"sqlite:///{path}"), f"sqlite:///{path}",
                           path=path)
+        elif self.dialect == "mysql":
+            assert self.mysql_engine is not None and copy_of is None
+            database = f"t_{secrets.token_hex(6)}"
+            with self.mysql_engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE DATABASE {database}")
+            url = self.mysql_engine.url.set(database=database)
+            db = Database(name, create_engine(url), url.render_as_string(hide_password=False))
         else:
             assert self.pg_engine is not None and copy_of is None
             schema = f"t_{secrets.token_hex(6)}"
@@ -250,6 +265,16 @@ class Databases:
     def close(self) -> None:
         for db in [*self.made, self.reference]:
             db.engine.dispose()
+            if self.mysql_engine is not None:
+                database = db.engine.url.database
+                with self.mysql_engine.begin() as conn:
+                    # a killed run's connection may linger for a moment
+                    for (pid,) in conn.execute(text(
+                            "SELECT id FROM information_schema.processlist WHERE db = :db "
+                            "AND id <> CONNECTION_ID()"), {"db": database}).all():
+                        conn.execute(text(f"KILL {int(pid)}"))
+                    if db is not self.reference:  # the engine fixture drops its own
+                        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}")
             if db.schema is not None and self.pg_engine is not None:
                 with self.pg_engine.begin() as conn:
                     # a killed run's backend may linger for a moment (ours: by their name)
@@ -264,7 +289,8 @@ class Databases:
 def databases(engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
               ) -> Iterator[Databases]:
     pg = request.getfixturevalue("pg_engine") if engine.dialect.name == "postgresql" else None
-    made = Databases(engine, tmp_path, pg)
+    server = request.getfixturevalue("mysql_engine") if engine.dialect.name == "mysql" else None
+    made = Databases(engine, tmp_path, pg, server)
     try:
         yield made
     finally:
@@ -284,7 +310,16 @@ def _insert(engine: Engine, rows: int) -> None:
     """``rows`` users: 'First<n> Last<n>', every fifth one a single name 'Solo<n>'."""
     name = "CASE WHEN g % 5 = 0 THEN 'Solo' || g ELSE 'First' || g || ' Last' || g END"
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+        if engine.dialect.name == "mysql":
+            name = ("CASE WHEN g % 5 = 0 THEN concat('Solo', g) "
+                    "ELSE concat('First', g, ' Last', g) END")
+            depth = ("max_recursive_iterations" if getattr(engine.dialect, "is_mariadb", False)
+                     else "cte_max_recursion_depth")
+            conn.exec_driver_sql(f"SET SESSION {depth} = {rows + 1}")
+            conn.execute(text(f"INSERT INTO users (id, name) WITH RECURSIVE s(g) AS (SELECT 1 "
+                              f"UNION ALL SELECT g + 1 FROM s WHERE g < :n) "
+                              f"SELECT g, {name} FROM s"), {"n": rows})
+        elif engine.dialect.name == "postgresql":
             conn.execute(text(f"INSERT INTO users (id, name) SELECT g, {name} "
                               "FROM generate_series(1, :n) AS g"), {"n": rows})
             conn.execute(text("ANALYZE users"))
@@ -297,14 +332,14 @@ def _insert(engine: Engine, rows: int) -> None:
 def _build(db: Database, scripts: Scripts, rows: int, start: str) -> None:
     """The table and its rows, then the revisions up to ``start``, without a kill.
 
-    On PostgreSQL a start point past step 2 gets its rows at step 2, written
-    through the sync triggers as step-2 code writes them (the step-3 backfill
-    then finds nothing to do): every twin is built afresh there, and that
-    saves a backfill per twin.
+    On PostgreSQL and MariaDB a start point past step 2 gets its rows at step
+    2, written through the sync triggers as step-2 code writes them (the step-3
+    backfill then finds nothing to do): every twin is built afresh there, and
+    that saves a backfill per twin.
     """
     _create_users(db.engine)
     config = db.config(scripts)
-    late = db.engine.dialect.name == "postgresql" and start in ("r03", "r04")
+    late = db.engine.dialect.name != "sqlite" and start in ("r03", "r04")
     if late:
         command.upgrade(config, "r02")
     _insert(db.engine, rows)
@@ -359,6 +394,15 @@ def _end_state(db: Database) -> dict[str, Any]:
                 "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())")))
             facts["tables"] = sorted(r[0] for r in conn.execute(text(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")))
+        elif engine.dialect.name == "mysql":
+            facts["rows (count, sha256)"] = _rows_digest(conn, names)
+            # the whole table's definition: columns, nullability, indexes, checks
+            facts["users DDL"] = conn.execute(text("SHOW CREATE TABLE users")).one()[1]
+            facts["triggers"] = sorted(
+                tuple(r) for r in conn.execute(text(
+                    "SELECT trigger_name, event_manipulation, action_timing, action_statement "
+                    "FROM information_schema.triggers WHERE trigger_schema = DATABASE()")))
+            facts["tables"] = sorted(insp.get_table_names())
         else:
             digest = hashlib.sha256()
             count = 0
@@ -385,6 +429,16 @@ def _end_state(db: Database) -> dict[str, Any]:
     facts["backfill run status"] = None if state is None else state.run_status
     engine.dispose()
     return facts
+
+
+def _rows_digest(conn: Any, names: list[str]) -> tuple[int, str]:
+    """Every row's values, by key, as one digest (and how many there are)."""
+    digest = hashlib.sha256()
+    count = 0
+    for row in conn.execute(text(f"SELECT {', '.join(names)} FROM users ORDER BY id")):
+        digest.update(repr(tuple(row)).encode())
+        count += 1
+    return count, digest.hexdigest()
 
 
 def _left_behind(db: Database) -> list[str]:
@@ -439,6 +493,11 @@ import sqlalchemy.dialects.sqlite  # noqa: F401
 try:
     import psycopg  # noqa: F401
     import sqlalchemy.dialects.postgresql  # noqa: F401
+except ImportError:
+    pass
+try:
+    import pymysql  # noqa: F401
+    import sqlalchemy.dialects.mysql  # noqa: F401
 except ImportError:
     pass
 
@@ -534,8 +593,11 @@ class Launcher:
             if marks:
                 time.sleep(max(0.0, marks[0] + kill_after - time.monotonic()))
             if not ended.is_set():
-                os.kill(pid, signal.SIGKILL)
-                killed = True
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+                except ProcessLookupError:
+                    pass  # it ended (and was reaped) right after the check: not killed
         if not ended.wait(240):
             os.kill(pid, signal.SIGKILL)
             ended.wait(30)

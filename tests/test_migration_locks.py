@@ -35,6 +35,7 @@ from sqlalchemy import Engine, event, inspect, text
 import fourstep_sqla.alembic  # noqa: F401
 from fourstep_sqla.ddl import DDLLockTimeoutError
 from fourstep_sqla.state import read_state
+from fourstep_sqla.triggers import triggers_on
 
 TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
 LOCK_MS = 200
@@ -500,17 +501,24 @@ def test_every_drop_gate_runs_before_the_first_ddl(every_engine: Engine, tmp_pat
                                                           (2, "Cher", None, 7)]
 
 
-@pytest.mark.postgres
-def test_two_upgrades_at_once_take_turns(pg_schema_engine: Engine, tmp_path: Path) -> None:
+def test_two_upgrades_at_once_take_turns(server_engine: Engine, tmp_path: Path) -> None:
     """Two deploys run ``alembic upgrade head`` at the same moment: the second waits
-    for the first, says so, then finds the database at head."""
-    engine = pg_schema_engine
+    for the first (PostgreSQL's advisory lock, MariaDB's GET_LOCK), says so, then
+    finds the database at head."""
+    engine = server_engine
     with engine.begin() as conn:
         conn.execute(text(
             "CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(80) NOT NULL)"
         ))
-        conn.execute(text("INSERT INTO users (id, name) SELECT g, 'A' || g || ' B' || g "
-                          "FROM generate_series(1, 200000) AS g"))
+        if engine.dialect.name == "mysql":
+            conn.exec_driver_sql("SET SESSION max_recursive_iterations = 200001")
+            conn.execute(text(
+                "INSERT INTO users (id, name) WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL "
+                "SELECT g + 1 FROM s WHERE g < 200000) SELECT g, concat('A', g, ' B', g) FROM s"
+            ))
+        else:
+            conn.execute(text("INSERT INTO users (id, name) SELECT g, 'A' || g || ' B' || g "
+                              "FROM generate_series(1, 200000) AS g"))
     project = Project(tmp_path, engine)
     project.models("WRITE_BOTH")
     project.revision()
@@ -567,3 +575,37 @@ def test_mariadb_waits_with_a_short_lock_wait_timeout(
     assert worst < 1.6, worst
     assert read_state(engine, "users.full_name").recorded_phase == 1
     assert _row(engine, 4242) == (4242, "Ada Lovelace", None, None)  # step 1 fills nothing
+
+
+@pytest.mark.mysql
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_mariadb_runs_a_revision_stopped_midway_again(
+    mysql_db_engine: Engine, tmp_path: Path
+) -> None:
+    """DDL commits at once on MariaDB: a step-1 downgrade killed after some of its
+    operations left them done, and the revision runs again from its start over
+    them (PostgreSQL and SQLite roll the whole revision back instead)."""
+    engine = mysql_db_engine
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(80) NOT NULL)"
+        ))
+        conn.execute(text("INSERT INTO users (id, name) VALUES (1, 'Ada Lovelace')"))
+    project = Project(tmp_path, engine)
+    project.models("WRITE_BOTH")
+    project.revision()
+    command.upgrade(project.config, "head")
+    # what the downgrade had done when it was stopped: dropped the triggers (and the
+    # NOT NULL came back), then dropped one of the new columns
+    with engine.begin() as conn:
+        triggers = sorted(triggers_on(conn, "users", None))
+        assert triggers
+        for name in triggers:
+            conn.exec_driver_sql(f"DROP TRIGGER `{name}`")
+        conn.exec_driver_sql("ALTER TABLE users DROP COLUMN last_name")
+
+    command.downgrade(project.config, "base")
+
+    assert [c["name"] for c in inspect(engine).get_columns("users")] == ["id", "name"]
+    assert _row(engine, 1) == (1, "Ada Lovelace")
+    assert not inspect(engine).get_columns("users")[1]["nullable"]

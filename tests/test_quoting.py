@@ -87,10 +87,13 @@ def test_every_operation_with_names_that_need_quoting(
     engine: Engine, schema: str | None, tmp_path: Path
 ) -> None:
     table = _quoted_table(engine, schema)
+    # the database's own quotes (backticks on MariaDB/MySQL)
+    key, old, new = (engine.dialect.identifier_preparer.quote(n)
+                     for n in ("ID", "select", "Amount Int"))
     with engine.begin() as conn:
-        conn.execute(text(f'CREATE TABLE {table} ("ID" INTEGER NOT NULL PRIMARY KEY, '
-                          f'"select" VARCHAR(20) NOT NULL)'))
-        conn.execute(text(f'INSERT INTO {table} ("ID", "select") VALUES (1, \'10\'), (2, \'20\')'))
+        conn.execute(text(f"CREATE TABLE {table} ({key} INTEGER NOT NULL PRIMARY KEY, "
+                          f"{old} VARCHAR(20) NOT NULL)"))
+        conn.execute(text(f"INSERT INTO {table} ({key}, {old}) VALUES (1, '10'), (2, '20')"))
 
     env = Env(tmp_path, engine)
     (env.dir / "env.py").write_text(ENV_PY)
@@ -116,8 +119,8 @@ def test_every_operation_with_names_that_need_quoting(
         assert session.scalars(select(model.id).where(model.quantity == 20)).all() == [2]
         assert session.get(model, 1).quantity == 10
     with engine.connect() as conn:
-        assert conn.execute(text(f'SELECT "ID", "select", "Amount Int" FROM {table} '
-                                 f'ORDER BY "ID"')).all() == [
+        assert conn.execute(text(f"SELECT {key}, {old}, {new} FROM {table} "
+                                 f"ORDER BY {key}")).all() == [
             (1, "10", None), (2, "20", None), (3, "30", 30)]
 
     # the engine directly, then the step-3 revision (a no-op by then) and verify
@@ -139,8 +142,8 @@ def test_every_operation_with_names_that_need_quoting(
     assert columns == ["ID", "Amount Int"]
     command.downgrade(env.config, "-1")
     with engine.connect() as conn:
-        assert conn.execute(text(f'SELECT "ID", "select", "Amount Int" FROM {table} '
-                                 f'ORDER BY "ID"')).all() == [
+        assert conn.execute(text(f"SELECT {key}, {old}, {new} FROM {table} "
+                                 f"ORDER BY {key}")).all() == [
             (1, "10", 10), (2, "20", 20), (3, "30", 30)]
     command.downgrade(env.config, "base")
     columns = [c["name"] for c in inspect(engine).get_columns(TABLE, schema=schema)]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import runpy
+import tempfile
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
-from fourstep_sqla.demo import MIGRATIONS, run_demo
+from fourstep_sqla import Phase, registry
+from fourstep_sqla.alembic.render import present_sql, transform_sql
+from fourstep_sqla.demo import MIGRATIONS, make_user_model, run_demo
 from fourstep_sqla.state import read_state
 
 
@@ -58,13 +65,41 @@ def test_every_step_up_and_down_keeps_the_data(engine: Engine) -> None:
     command.downgrade(config, "base")
 
 
-def test_demo_runs_on_sqlite(tmp_path: Any) -> None:
+def test_demo_runs_on_an_embedded_sqlite_file_by_default(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, without a URL (``fourstep demo --url URL`` on each database:
+    ``tests/test_cli.py::test_demo_subprocess``)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     lines: list[str] = []
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    assert run_demo(url, echo=lines.append, rows=500) == 0
+    assert run_demo(echo=lines.append, rows=500) == 0
+    assert lines[1].startswith("fourstep demo on sqlite:///")
     output = "\n".join(lines)
     for step in ("Step 1 (WRITE_BOTH)", "Step 2 (READ_NEW)", "Step 3 (STOP_READ_OLD)",
                  "Step 4 (STOP_WRITE_OLD)", "Downgrade s4 -> s3", "Done."):
         assert step in output
     assert "0 missing, 0 mismatched" in output
     assert "(0 errors)" in output
+
+
+@pytest.mark.parametrize("revision", ["s1_write_both", "s3_backfill", "s4_drop_old"])
+@pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect(),
+                                     mysql.dialect(), mysql.dialect(is_mariadb=True)],
+                         ids=["sqlite", "postgresql", "mysql", "mariadb"])
+def test_the_reference_revisions_carry_what_the_renderer_writes(
+    revision: str, dialect: Dialect
+) -> None:
+    """Each dialect's frozen SQL is the renderer's, so the demo shows what autogenerate
+    writes for that database."""
+    spec = registry.resolve(make_user_model(Phase.WRITE_BOTH).full_name)
+    module = runpy.run_path(str(MIGRATIONS / "versions" / f"{revision}.py"))
+    name = dialect.name
+    assert module["FORWARD_SQL"][name] == transform_sql(
+        spec, spec.forward, spec.old_columns, spec.new_columns, dialect
+    )
+    if "BACKWARD_SQL" in module:
+        assert module["BACKWARD_SQL"][name] == transform_sql(
+            spec, spec.backward, spec.new_columns, spec.old_columns, dialect
+        )
+    if "PRESENT_SQL" in module:
+        assert module["PRESENT_SQL"][name] == present_sql(spec.forward, spec.old_columns, dialect)

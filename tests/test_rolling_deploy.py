@@ -14,7 +14,7 @@ NULLs, while the migration of that transition runs:
 Every writer records what it wrote once its transaction committed. At the
 end the drop has succeeded, every row holds the last value written to it, in
 the new shape, and a downgrade past the drop restores the old place exactly.
-On SQLite and PostgreSQL, through revisions that autogenerate writes.
+On SQLite, PostgreSQL and MariaDB, through revisions that autogenerate writes.
 """
 
 from __future__ import annotations
@@ -210,10 +210,12 @@ class Writer(threading.Thread):
                 self.write(key, action, value)
             except DBAPIError as exc:
                 text_ = str(exc.orig).lower()
-                if "locked" in text_ or "deadlock" in text_ or "could not serialize" in text_:
+                if any(w in text_ for w in ("locked", "deadlock", "could not serialize",
+                                            "lock wait timeout")):
                     time.sleep(0.01)
                     continue
-                gone = ("no such column", "has no column named", "does not exist")
+                gone = ("no such column", "has no column named", "does not exist",
+                        "unknown column")
                 if any(g in text_ for g in gone):
                     self.ended = text_.splitlines()[0]  # the drop: this writer's end
                     return

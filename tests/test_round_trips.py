@@ -104,11 +104,13 @@ def test_downgrades_keep_every_value_or_the_drop_refuses_up_front(
     template, old_type, forward, backward, values = _cases()[case]
     mapped = 'legacy: Mapped[str | None] = mapped_column("old_value", String(80))'
     unmapped = 'legacy: Unmapped[str | None] = unmapped_column("old_value", String(80))'
+    # "rows", a reserved word on MariaDB/MySQL: quoted as the library must quote it
+    rows = engine.dialect.identifier_preparer.quote("rows")
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE rows (id INTEGER NOT NULL PRIMARY KEY, "
+        conn.execute(text(f"CREATE TABLE {rows} (id INTEGER NOT NULL PRIMARY KEY, "
                           f"old_value {old_type} NOT NULL)"))
         for key, value in enumerate(values, start=1):
-            conn.execute(text("INSERT INTO rows (id, old_value) VALUES (:k, :v)"),
+            conn.execute(text(f"INSERT INTO {rows} (id, old_value) VALUES (:k, :v)"),
                          {"k": key, "v": value})
     lossy = {
         key for key, value in enumerate(values, start=1)
@@ -137,11 +139,11 @@ def test_downgrades_keep_every_value_or_the_drop_refuses_up_front(
     kept = {key: value for key, value in enumerate(values, start=1) if key not in lossy}
     with engine.begin() as conn:
         for key in lossy:
-            conn.execute(text("DELETE FROM rows WHERE id = :k"), {"k": key})
+            conn.execute(text(f"DELETE FROM {rows} WHERE id = :k"), {"k": key})
     command.upgrade(project.config, "head")
     assert "old_value" not in {c["name"] for c in inspect(engine).get_columns("rows")}
     command.downgrade(project.config, "base")
     columns = {c["name"]: c for c in inspect(engine).get_columns("rows")}
     assert set(columns) == {"id", "old_value"} and not columns["old_value"]["nullable"]
     with engine.connect() as conn:
-        assert dict(conn.execute(text("SELECT id, old_value FROM rows")).all()) == kept
+        assert dict(conn.execute(text(f"SELECT id, old_value FROM {rows}")).all()) == kept

@@ -210,12 +210,11 @@ class TestCounts:
         assert recorded is not None
         assert sorted(map(tuple, recorded.verify_sample)) == sorted(result.sample_keys)
 
-    @pytest.mark.postgres
     @by_mode
-    def test_uuid_key(self, pg_schema_engine: Engine, mode: str) -> None:
-        engine = pg_schema_engine
+    def test_uuid_key(self, engine: Engine, mode: str) -> None:
         model = make_split(f"bfe_v_uuid_{mode}", mode=mode, pk="uuid")
-        keys = sorted(uuid.UUID(int=(i * 7919) << 64 | i) for i in range(1, 41))
+        # RFC 4122 version 4: MariaDB's UUID type refuses other variants
+        keys = sorted(uuid.UUID(int=(i * 7919) << 64 | i, version=4) for i in range(1, 41))
         rows = [
             {**split_row(0, f"F{i} L{i}", f"F{i}", f"L{i}"), "id": k} for i, k in enumerate(keys)
         ]
@@ -364,14 +363,14 @@ class TestTransformErrors:
         assert result.sample_keys == [(5,), (15,)]
         assert (result.unstable, result.unstable_keys) == (2, [(10,), (15,)])
 
-    @pytest.mark.postgres
-    def test_sql_cast_that_fails(self, pg_schema_engine: Engine) -> None:
-        """A value the SQL cast rejects counts like a failing Python transform.
+    def test_sql_cast_that_fails(self, server_engine: Engine) -> None:
+        """A value the SQL cast rejects counts like a failing Python transform
+        (PostgreSQL and MariaDB: SQLite's CAST never fails).
 
         This is the state ``backfill(on_error="skip")`` leaves behind; verify is
         what the user runs next, and it must report those rows.
         """
-        engine = pg_schema_engine
+        engine = server_engine
 
         class Base(DeclarativeBase):
             pass

@@ -230,9 +230,30 @@ def _versions(engine: Engine) -> dict[int, list[tuple[Any, ...]]]:
 
 def _migrate(project: Project) -> str:
     upgrade = project.revision()
+    if project.count == 1:
+        _make_transaction_sequence(project)
     command.upgrade(project.config, "head")
     command.check(project.config)  # nothing left for autogenerate: the models fit the database
     return upgrade
+
+
+def _make_transaction_sequence(project: Project) -> None:
+    """The app's first revision makes Continuum's ``transaction_id_seq`` on MariaDB.
+
+    Continuum's transaction table takes its ids from that sequence; autogenerate
+    compares no sequences, so it writes none. On PostgreSQL the BIGSERIAL it
+    writes happens to make one of that very name; on MariaDB a Continuum user
+    adds it to the first revision by hand, as here.
+    """
+    if project.engine.dialect.name != "mysql":
+        return
+    (path,) = (project.dir / "versions").glob("r01_*.py")
+    body = path.read_text()
+    first = "def upgrade() -> None:\n"
+    assert first in body, body
+    body = body.replace(first, first + "    op.execute(sa.schema.CreateSequence("
+                        "sa.Sequence('transaction_id_seq')))\n", 1)
+    path.write_text(body)
 
 
 @pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
