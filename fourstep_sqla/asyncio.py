@@ -39,7 +39,7 @@ about 3 s per retry) still sleeps on the loop's thread.
 
 ``workers=N`` opens N connections of the engine, each a worker on the event
 loop sharing the run's key ranges the way several processes do (claims with
-``FOR UPDATE SKIP LOCKED``); the report and the ``progress`` callback add them
+session-level locks); the report and the ``progress`` callback add them
 up. Each worker holds two connections (its batches and its claims): size the
 pool for ``2 * N``. On SQLite the ranges run one after another, on the one
 connection, whatever ``workers`` says.

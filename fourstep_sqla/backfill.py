@@ -63,10 +63,15 @@ How it stays safe on a big, busy table:
   batch is read and computed on a second connection while the current one
   is written, so Python and the server work at the same time.
 - **Several workers** (threads here, or processes on many machines) share a
-  run: its key space is split into ranges, and a worker claims a range by
-  locking its row in ``fourstep_ranges`` (``FOR UPDATE SKIP LOCKED``) on a
-  lease connection. A worker that dies releases its lease with its connection
-  and another one resumes the range from its cursor.
+  run: its key space is split into ranges, and a worker claims a range with a
+  session-level lock on a lease connection (PostgreSQL's advisory lock,
+  MariaDB/MySQL's ``GET_LOCK``), held outside any transaction: a claim lasts
+  as long as its range, and an open transaction of hours would hold back
+  VACUUM (InnoDB's purge) and every ``CREATE INDEX CONCURRENTLY`` of the
+  database. A worker that dies releases its lease with its connection and
+  another one resumes the range from its cursor. Session-level locks need
+  the session: behind a pooler in transaction mode (PgBouncer's
+  ``pool_mode = transaction``) point the backfill at the database itself.
 - **Two calls at once** (two ``alembic upgrade``, ``fourstep backfill`` run
   twice, workers on many machines): a call that finds the ranges left all
   claimed by other live processes *waits* for them, polling their claims

@@ -19,6 +19,7 @@ picked by :func:`rules_for` from a connection:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -153,6 +154,20 @@ class DialectRules:
                 conn.execute(insert(table).values(values))
         except IntegrityError:
             pass  # another worker inserted it first
+
+    # -- leases: a worker's claim on a range of a run ----------------------------
+    def try_lease(self, conn: Connection, name: str) -> bool | None:
+        """Take the session-level lock ``name`` on ``conn`` if it is free, and
+        return at once: whether it was taken. It is held outside any transaction
+        (a claim lasts as long as a range: hours on a big table, during which an
+        open transaction would hold back VACUUM, InnoDB's purge and every
+        ``CREATE INDEX CONCURRENTLY`` of the database) and dies with ``conn``.
+        None where the database has no such lock: the runner then locks the
+        range's row in a transaction held as long."""
+        return None
+
+    def end_lease(self, conn: Connection, name: str) -> None:
+        """Release what :meth:`try_lease` took."""
 
     def hold_writes(self, conn: Connection) -> None:
         """Make sure ``conn``'s transaction keeps other writers out from here on
@@ -337,6 +352,27 @@ class MySQLRules(DialectRules):
             return f"{args[0]}: {str(args[1]).splitlines()[0]}"
         return first_line(exc)
 
+    def try_lease(self, conn: Connection, name: str) -> bool | None:
+        """``GET_LOCK(name, 0)``: 1 taken, 0 held by another session."""
+        got = conn.execute(select(func.get_lock(lease_lock_name(name), 0))).scalar()
+        conn.commit()
+        return got == 1
+
+    def end_lease(self, conn: Connection, name: str) -> None:
+        conn.execute(select(func.release_lock(lease_lock_name(name))))
+        conn.commit()
+
+
+def lease_lock_name(name: str) -> str:
+    """MariaDB/MySQL: a lock name of at most 64 characters (the servers' limit)."""
+    return "fourstep_sqla.range:" + hashlib.sha1(name.encode()).hexdigest()
+
+
+def lease_lock_number(name: str) -> int:
+    """PostgreSQL: a signed 64-bit advisory lock key of ``name``."""
+    digest = hashlib.blake2b(f"fourstep_sqla.range:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
 
 class PostgreSQLRules(DialectRules):
     name = "postgresql"
@@ -491,6 +527,16 @@ class PostgreSQLRules(DialectRules):
         # unnest() once per row of the range: hash the batch instead
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         return int(conn.execute(stmt).rowcount)
+
+    def try_lease(self, conn: Connection, name: str) -> bool | None:
+        """``pg_try_advisory_lock``, session level (in this database)."""
+        got = conn.execute(select(func.pg_try_advisory_lock(lease_lock_number(name)))).scalar()
+        conn.commit()
+        return bool(got)
+
+    def end_lease(self, conn: Connection, name: str) -> None:
+        conn.execute(select(func.pg_advisory_unlock(lease_lock_number(name))))
+        conn.commit()
 
 
 class SQLiteRules(DialectRules):

@@ -15,8 +15,10 @@ runner owns:
   pending rows up to the call's own upper bound (the last key when the call
   started); a row left behind starts a new run, a bounded number of times,
   and only a run after which none is left is marked complete;
-- **claims**: a worker claims a range by locking its row on a lease connection
-  (``FOR UPDATE SKIP LOCKED``); a dead worker's lease dies with its connection;
+- **claims**: a worker claims a range with a session-level lock on a lease
+  connection (PostgreSQL's advisory lock, MariaDB's ``GET_LOCK``), held outside
+  any transaction, so that a claim of hours holds back neither VACUUM nor
+  ``CREATE INDEX CONCURRENTLY``; a dead worker's lease dies with its connection;
   a range another live process holds is waited for (polled), and taken over
   from its cursor when its holder dies;
 - **batches**: one transaction per batch, with its progress row, so a run
@@ -99,6 +101,11 @@ _CLAIM = (
 _CURSOR = select(progress_table.c.cursor_key, progress_table.c.done).where(
     _one_range(progress_table)
 )
+
+
+def _lease_name(key: str, run_id: str, range_no: int) -> str:
+    """What a worker's claim on one range of a run is called."""
+    return f"{key}:{run_id}:{range_no}"
 
 
 def _progress_step() -> Any:
@@ -374,10 +381,17 @@ class Runner:
         return list(rows)
 
     def claim(self, lease: Connection, run_id: str, range_no: int) -> bool:
-        """Lock one range row on the lease connection; False if someone holds it."""
+        """Claim one range on the lease connection; False if someone holds it.
+
+        A session-level lock where the database has one (held outside any
+        transaction, see :meth:`DialectRules.try_lease`), else the range's row
+        locked in a transaction the lease keeps open."""
         if not self.rules.shares_ranges:
             return True
         lease.rollback()
+        taken = self.rules.try_lease(lease, _lease_name(self.key, run_id, range_no))
+        if taken is not None:
+            return taken
         lease.begin()
         got = lease.execute(
             _CLAIM, {"p_key": self.key, "p_run": run_id, "p_range": range_no}
@@ -386,6 +400,20 @@ class Runner:
             lease.rollback()
             return False
         return True
+
+    def release(self, lease: Connection, run_id: str, range_no: int) -> None:
+        """End the claim on a range; a lease that cannot say it released its
+        lock is closed for good, never back to the pool still holding it."""
+        try:
+            if lease.in_transaction():
+                lease.rollback()
+            if self.rules.shares_ranges:
+                self.rules.end_lease(lease, _lease_name(self.key, run_id, range_no))
+        except DBAPIError:
+            log.warning("%s: could not release the claim on range %d of run %s; its "
+                        "connection is closed instead", self.key, range_no, run_id,
+                        exc_info=True)
+            lease.invalidate()
 
     # -- working ------------------------------------------------------------------
     def work(self, conn: Connection, lease: Connection, run_id: str) -> None:
@@ -444,8 +472,7 @@ class Runner:
                 finally:
                     with self.lock:
                         self.mine.discard(rng.range_no)
-                    if lease.in_transaction():
-                        lease.rollback()
+                    self.release(lease, run_id, rng.range_no)
             if not held:
                 return
             # the rest is held by other live processes: wait until they finish

@@ -12,8 +12,8 @@ tables, created on first use:
     missing, mismatched, sample keys).
 ``fourstep_ranges``
     the key ranges of a backfill run, with each range's cursor. A worker
-    claims a range by locking its row (``FOR UPDATE SKIP LOCKED``) on a lease
-    connection; the cursor lives in ``fourstep_progress`` so that batches,
+    claims a range with a session-level lock on a lease connection (see
+    :mod:`fourstep_sqla.runner`); the cursor lives in ``fourstep_progress`` so that batches,
     committed on the worker's own connection, never wait on the lease.
 ``fourstep_progress``
     per range: the last key done, rows updated, batches, done. Updated in the
