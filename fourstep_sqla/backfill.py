@@ -117,14 +117,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Column, Connection, Engine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from .attribute import PhasedSpec
 from .dialects import rules_for
 from .errors import BackfillError, ExternalTransactionError, FourStepError
 from .jobs import Job, make_job
-from .keys import KeyRange, primary_key_of
+from .keys import KeyRange, key_columns, primary_key_of
 from .registry import resolve
 from .runner import Runner
 from .state import ensure_state_tables
@@ -240,7 +240,7 @@ def _job(
     column(s) dropped); one read-only look at the database."""
     table = spec.table
     assert table is not None
-    keys = KeyRange(table, primary_key_of(table, spec.key))
+    primary_key_of(table, spec.key)  # no key at all: say so before touching the database
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             found = _look(conn, spec)
@@ -248,7 +248,8 @@ def _job(
         found = _look(bind, spec)
     if found is None:
         return None
-    rules, synced, marks = found
+    rules, synced, marks, columns = found
+    keys = KeyRange(table, columns)
     state_key = f"{spec.key}:repair" if repair else spec.key
     return make_job(
         spec, keys, rules, state_key=state_key, on_error=on_error, repair=repair, synced=synced,
@@ -256,17 +257,23 @@ def _job(
     )
 
 
-def _look(conn: Connection, spec: PhasedSpec) -> tuple[Any, bool, str | bool | None] | None:
-    """The dialect rules, whether the sync triggers are installed and where the
-    write marks live (False: none); None when the old column(s) are gone."""
+def _look(
+    conn: Connection, spec: PhasedSpec
+) -> tuple[Any, bool, str | bool | None, tuple[Column[Any], ...]] | None:
+    """The dialect rules, whether the sync triggers are installed, where the
+    write marks live (False: none) and the key columns in the order of their
+    index (:func:`~fourstep_sqla.keys.key_columns`); None when the old
+    column(s) are gone."""
     from .places import old_place_dropped
     from .triggers import installed
     from .verify import written_marks
 
+    assert spec.table is not None
     try:
         if old_place_dropped(conn, spec):
             return None
-        return rules_for(conn), installed(conn, spec), written_marks(conn, spec)
+        columns = key_columns(conn, spec.table, spec.key)
+        return rules_for(conn), installed(conn, spec), written_marks(conn, spec), columns
     finally:
         if conn.in_transaction():
             conn.rollback()

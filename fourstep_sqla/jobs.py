@@ -144,11 +144,12 @@ class Job:
     def settle(
         self, conn: Connection, run_id: str, updated: int, failed: list[tuple[Key, str]]
     ) -> tuple[int, list[Key]]:
-        """Stop on failed rows, or record them and go on (``on_error``)."""
+        """Stop on failed rows, or record them and go on (``on_error``): the keys
+        skipped, in the walk order like ``failed``'s."""
         if not failed:
             return updated, []
         if self.on_error == "stop":
-            shown = ", ".join(f"{k!r}: {e}" for k, e in failed[:5])
+            shown = ", ".join(f"{self.keys.declared_key(k)!r}: {e}" for k, e in failed[:5])
             more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
             raise BackfillError(
                 f"{self.spec.key}: the forward transform {self.spec.forward.name!r} failed on "
@@ -157,8 +158,10 @@ class Job:
                 f"on_error='skip' (--on-error skip) to record them and finish the rest."
             )
         for key, error in failed:
-            log.warning("%s: skipped key %r: %s", self.spec.key, key, error)
-            row_key = encode_key(key)
+            # recorded in the model's key order, whatever order the run walks
+            declared = self.keys.declared_key(key)
+            log.warning("%s: skipped key %r: %s", self.spec.key, declared, error)
+            row_key = encode_key(declared)
             conn.execute(
                 skipped_table.delete().where(
                     skipped_table.c.key == self.state_key, skipped_table.c.row_key == row_key

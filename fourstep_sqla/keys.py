@@ -6,6 +6,26 @@ value comparison for composite keys), so every batch is an index range scan
 whatever has been done before, and memory stays flat. The end of each batch
 is the key ``batch_size`` rows further on, found with an index-only
 ``ORDER BY pk LIMIT 1 OFFSET n``.
+
+**The order of the index, not of the model.** A composite key is walked in
+the column order of the index that serves it, as the database has it
+(:func:`key_columns`): the primary key constraint's, else a unique index on
+exactly the key's columns, else an index that starts with them. A model
+declaring ``id`` before ``tenant`` on a table whose primary key is
+``(tenant, id)`` is walked as ``(tenant, id)``: walked in the model's order,
+the row value comparison matches no index and every batch scans the table.
+Where no index serves the key, :class:`NoKeyIndexError` says so before
+anything runs, with the ``CREATE UNIQUE INDEX CONCURRENTLY`` that fixes it.
+
+A composite batch also bounds the leading column on its own
+(``tenant >= :lo AND tenant <= :hi`` beside the row values), which the row
+comparison implies: PostgreSQL prunes the partitions of a table partitioned
+on that column, and MariaDB/MySQL get a range on it.
+
+Keys the user sees (skipped keys, verify's sample keys) are tuples in the
+model's primary-key order, as ``Session.get`` takes them
+(:meth:`KeyRange.declared_key`); only a run's cursors and bounds are in the
+walk order, which the run records (see :mod:`fourstep_sqla.runner`).
 """
 
 from __future__ import annotations
@@ -13,17 +33,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Integer, and_, bindparam, func, or_, select, tuple_
+from sqlalchemy import Connection, Integer, and_, bindparam, func, inspect, or_, select, tuple_
+from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column, Table
 
 from .errors import FourStepError
 
-__all__ = ["KeyRange", "NoPrimaryKeyError", "primary_key_of"]
+__all__ = ["KeyRange", "NoKeyIndexError", "NoPrimaryKeyError", "key_columns", "primary_key_of"]
 
 
 class NoPrimaryKeyError(FourStepError):
     """The table has no primary key to walk in batches."""
+
+
+class NoKeyIndexError(NoPrimaryKeyError):
+    """The model declares a primary key that no index of the database serves:
+    every batch would scan the whole table."""
 
 
 def primary_key_of(table: Table, key: str) -> tuple[Column[Any], ...]:
@@ -37,13 +63,91 @@ def primary_key_of(table: Table, key: str) -> tuple[Column[Any], ...]:
     return columns
 
 
+def key_columns(conn: Connection, table: Table, key: str) -> tuple[Column[Any], ...]:
+    """The primary key columns of ``table`` in the order of the index that
+    serves them, as the database has it (read-only).
+
+    The primary key constraint's column order (PostgreSQL ``conkey``, SQLite's
+    ``pk`` ordinals, MariaDB/MySQL's ``ORDINAL_POSITION``) when it is on the
+    model's key columns; else a unique index on exactly them; else an index
+    whose leading columns are them. None of these: :class:`NoKeyIndexError`,
+    naming the index to create. A table the database does not have (yet)
+    keeps the model's order: the statements fail on their own.
+    """
+    declared = primary_key_of(table, key)
+    names = {c.name for c in declared}
+    inspector = inspect(conn)
+    try:
+        constrained = inspector.get_pk_constraint(table.name, schema=table.schema).get(
+            "constrained_columns"
+        ) or []
+    except NoSuchTableError:
+        return declared
+    candidates: list[list[str]] = [list(constrained)]
+    indexes = [
+        (bool(ix.get("unique")), [n for n in ix.get("column_names", []) if n])
+        for ix in inspector.get_indexes(table.name, schema=table.schema)
+    ]
+    candidates += [list(u["column_names"]) for u in
+                   inspector.get_unique_constraints(table.name, schema=table.schema)]
+    candidates += [cols for unique, cols in indexes if unique]
+    for cols in candidates:
+        if len(cols) == len(names) and set(cols) == names:
+            return tuple(table.c[n] for n in cols)
+    for _unique, cols in indexes:
+        if set(cols[: len(names)]) == names:
+            return tuple(table.c[n] for n in cols[: len(names)])
+    column_list = ", ".join(c.name for c in declared)
+    raise NoKeyIndexError(
+        f"{key}: no index of {table.description!r} serves its primary key ({column_list}) as "
+        f"the model declares it (the database's primary key is "
+        f"{'(' + ', '.join(constrained) + ')' if constrained else 'missing'}): every batch of "
+        f"the backfill and verify would scan the whole table. Add one before running, e.g. "
+        f"CREATE UNIQUE INDEX CONCURRENTLY {table.name}_fourstep_key ON "
+        f"{table.fullname} ({column_list}) (PostgreSQL; CREATE UNIQUE INDEX ... elsewhere), "
+        f"or declare the key the table has on the model."
+    )
+
+
 class KeyRange:
-    """Key arithmetic over the primary key columns of one table."""
+    """Key arithmetic over the primary key columns of one table.
+
+    ``columns``: the walk order (:func:`key_columns`); the model's order is
+    ``table.primary_key``'s, in which keys are shown and recorded.
+    """
 
     def __init__(self, table: Table, columns: Sequence[Column[Any]]) -> None:
         self.table = table
         self.columns = tuple(columns)
         self.single = len(self.columns) == 1
+        declared = tuple(table.primary_key.columns)
+        if {c.name for c in declared} != {c.name for c in self.columns}:
+            declared = self.columns
+        self.declared = declared
+        walk_at = {c.name: i for i, c in enumerate(self.columns)}
+        #: position in a walk-order key of each declared column
+        self._to_declared = tuple(walk_at[c.name] for c in declared)
+        declared_at = {c.name: i for i, c in enumerate(declared)}
+        self._to_walk = tuple(declared_at[c.name] for c in self.columns)
+        #: the model declares the key in another order than the index walks it
+        self.reordered = self._to_declared != tuple(range(len(self.columns)))
+
+    @property
+    def names(self) -> list[str]:
+        """The walk order, by column name (what a run records)."""
+        return [c.name for c in self.columns]
+
+    def declared_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A walk-order key in the model's primary-key order."""
+        if not self.reordered or len(key) != len(self.columns):
+            return key
+        return tuple(key[i] for i in self._to_declared)
+
+    def walk_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A key in the model's order, in the walk order."""
+        if not self.reordered or len(key) != len(self.columns):
+            return key
+        return tuple(key[i] for i in self._to_walk)
 
     def _key_expr(self) -> Any:
         return self.columns[0] if self.single else tuple_(*self.columns)
@@ -52,17 +156,31 @@ class KeyRange:
         return key[0] if self.single else tuple_(*key)
 
     def between(self, lower: tuple[Any, ...] | None, upper: tuple[Any, ...]) -> ColumnElement[bool]:
-        """``lower < pk <= upper`` (``lower`` None: from the start)."""
+        """``lower < pk <= upper`` (``lower`` None: from the start).
+
+        Composite keys also bound their leading column alone (implied by the
+        row values): partition pruning on PostgreSQL, a range on MariaDB/MySQL.
+        """
         expr = self._key_expr()
-        upper_clause = expr <= self._key_value(upper)
-        if lower is None:
-            return upper_clause  # type: ignore[no-any-return]
-        return and_(expr > self._key_value(lower), upper_clause)
+        lead = self.columns[0]
+        clauses = []
+        if lower is not None:
+            clauses.append(expr > self._key_value(lower))
+            if not self.single:
+                clauses.append(lead >= lower[0])
+        clauses.append(expr <= self._key_value(upper))
+        if not self.single:
+            clauses.append(lead <= upper[0])
+        return clauses[0] if len(clauses) == 1 else and_(*clauses)
 
     def from_to(self, first: tuple[Any, ...], last: tuple[Any, ...]) -> ColumnElement[bool]:
         """``first <= pk <= last``."""
         expr = self._key_expr()
-        return and_(expr >= self._key_value(first), expr <= self._key_value(last))
+        clauses = [expr >= self._key_value(first), expr <= self._key_value(last)]
+        if not self.single:
+            lead = self.columns[0]
+            clauses += [lead >= first[0], lead <= last[0]]
+        return and_(*clauses)
 
     def between_params(self, has_lower: bool) -> ColumnElement[bool]:
         """:meth:`between` over bound parameters ``lo_i`` / ``hi_i``.

@@ -32,6 +32,7 @@ runner owns:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -221,12 +222,26 @@ class Runner:
         self._lock_state_row(conn)
         row = conn.execute(
             select(
-                state_table.c.run_id, state_table.c.run_status, state_table.c.run_place
+                state_table.c.run_id, state_table.c.run_status, state_table.c.run_place,
+                state_table.c.run_key_order,
             ).where(state_table.c.key == key)
         ).one()
         self.place = self.rules.place_identity(conn, self.table, self.spec.new_columns)
         same_place = row.run_place is None or self.place is None or row.run_place == self.place
-        if row.run_id is not None and same_place:
+        # a run recorded no order when the model's was the only one walked
+        walked = (json.loads(row.run_key_order) if row.run_key_order is not None
+                  else [c.name for c in self.keys.declared])
+        same_order = walked == self.keys.names
+        if row.run_id is not None and row.run_status != "complete" and same_place \
+                and not same_order:
+            log.warning(
+                "%s: backfill run %s walked the key as (%s) and this call walks it as (%s), "
+                "the order of the index that serves it: its cursors mean nothing in this "
+                "order, starting a new run (rows it wrote are not pending: they are passed "
+                "over, not written again)", key, row.run_id, ", ".join(walked),
+                ", ".join(self.keys.names),
+            )
+        elif row.run_id is not None and same_place and same_order:
             if replacing is None and row.run_status in ("running", "failed"):
                 log.info("%s: resuming backfill run %s", key, row.run_id)
                 self._fix_call_bound(self.keys.last_key(conn))
@@ -294,6 +309,7 @@ class Runner:
                 run_status="running",
                 run_upper_bound=encode_key(upper),
                 run_place=self.place,
+                run_key_order=json.dumps(self.keys.names),
                 run_started_at=now(),
                 run_finished_at=None,
                 updated_at=now(),
@@ -574,7 +590,7 @@ class Runner:
             with self.lock:
                 self.report.rows_updated += updated
                 self.report.batches += 1
-                self.report.skipped_keys.extend(skipped)
+                self.report.skipped_keys.extend(self.keys.declared_key(k) for k in skipped)
                 self.report.batch_seconds.append(elapsed)
                 snapshot = BackfillProgress(
                     key=self.spec.key,
@@ -713,7 +729,8 @@ class Runner:
             select(skipped_table.c.row_key).where(skipped_table.c.key == self.key)
         ).scalars().all()
         conn.rollback()
-        skipped = {decode_key(row_key) for row_key in rows}
+        # recorded in the model's key order (see Job.settle)
+        skipped = {self.keys.walk_key(decode_key(row_key)) for row_key in rows}
         return self.job.left_behind(conn, self.call_bound, skipped)
 
     def mark_complete(self, conn: Connection, run_id: str) -> None:

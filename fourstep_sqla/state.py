@@ -22,13 +22,15 @@ tables, created on first use:
 ``fourstep_skipped``
     keys a transform failed on with ``on_error="skip"``, and the error.
 
-Columns added by later versions (``run_place``) are added to tables an older
+Columns added by later versions (``run_place``, ``run_key_order``) are added to tables an older
 version created by :func:`ensure_state_tables`, idempotently; readers that
 may run first (:func:`read_state`, the start-up check) name their columns and
 never need them.
 
 Keys (primary key values) are stored as JSON arrays, one item per primary-key
-column, in the column's Python form (str for anything json cannot carry).
+column, in the column's Python form (str for anything json cannot carry):
+skipped keys in the model's primary-key order, a run's cursors and bounds in
+the order the run walks the key (``run_key_order``, see :mod:`fourstep_sqla.keys`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ state_table = Table(
     # the identity of the columns the run fills, where the database gives one
     # (PostgreSQL: "<table oid>:<attnum>,..."); a run on other columns is not resumed
     Column("run_place", Text),
+    # the key columns the run walks, in its order (JSON list); cursors and bounds
+    # are tuples in that order. NULL: a run of a version that walked the model's order
+    Column("run_key_order", Text),
     Column("run_started_at", DateTime(timezone=True)),
     Column("run_finished_at", DateTime(timezone=True)),
     Column("verified_at", DateTime(timezone=True)),
@@ -129,7 +134,7 @@ def now() -> dt.datetime:
 
 
 #: columns of the state tables that the first versions did not create
-ADDED_COLUMNS = (state_table.c.run_place,)
+ADDED_COLUMNS = (state_table.c.run_place, state_table.c.run_key_order)
 
 
 def ensure_state_tables(bind: Engine | Connection) -> None:

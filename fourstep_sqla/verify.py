@@ -49,7 +49,7 @@ from .attribute import PhasedSpec
 from .backfill import refuse_async
 from .dialects import rules_for
 from .errors import FourStepError
-from .keys import KeyRange, primary_key_of
+from .keys import KeyRange, key_columns
 from .marks import new_written_last
 from .places import LOSSY, MISMATCHED, MISSING, SQLPlaces, compare_values, unstable_value
 from .registry import resolve
@@ -94,7 +94,12 @@ class VerifyResult:
 
 class _Checker:
     def __init__(
-        self, spec: PhasedSpec, sample_size: int, synced: bool, marks: str | bool | None = None
+        self,
+        conn: Connection,
+        spec: PhasedSpec,
+        sample_size: int,
+        synced: bool,
+        marks: str | bool | None = None,
     ) -> None:
         #: the write marks' home (see :mod:`fourstep_sqla.marks`), False: none
         self.marks = marks
@@ -102,16 +107,17 @@ class _Checker:
         table = spec.table
         assert table is not None
         self.table = table
-        self.keys = KeyRange(table, primary_key_of(table, spec.key))
+        self.keys = KeyRange(table, key_columns(conn, table, spec.key))
         self.sample_size = sample_size
         self.synced = synced
         sql = spec.forward.has_sql and spec.backward.has_sql
         self.mode = "sql" if sql and marks is False else "python"
 
     def _sample(self, found: list[Key], keys: Any) -> None:
+        """Keep up to ``sample_size`` walk-order ``keys``, in the model's order."""
         wanted = self.sample_size - len(found)
         if wanted > 0:
-            found.extend(list(keys)[:wanted])
+            found.extend(self.keys.declared_key(k) for k in list(keys)[:wanted])
 
     def check_sql(self, conn: Connection, in_range: Any, result: VerifyResult) -> None:
         """Sort the rows ``in_range`` selects, in SQL."""
@@ -139,7 +145,7 @@ class _Checker:
         ):
             wanted = self.sample_size - len(found)
             if count and wanted > 0:
-                found.extend(self._keys(conn, and_(in_range, scope, condition), wanted))
+                self._sample(found, self._keys(conn, and_(in_range, scope, condition), wanted))
         rounds, unstable = places.round_trip(self.spec, and_(in_range, scope), "verify")
         count = conn.execute(
             select(func.count()).select_from(rounds).where(unstable)
@@ -149,7 +155,7 @@ class _Checker:
         if count and wanted > 0:
             keys = [rounds.c[c.name] for c in self.keys.columns]
             rows = conn.execute(select(*keys).where(unstable).order_by(*keys).limit(wanted))
-            result.unstable_keys.extend(tuple(r) for r in rows)
+            self._sample(result.unstable_keys, [tuple(r) for r in rows])
 
     def _keys(self, conn: Connection, where: Any, limit: int) -> list[Key]:
         rows = conn.execute(
@@ -280,7 +286,7 @@ def verify(
             from .triggers import installed
 
             synced = installed(conn, spec)
-        checker = _Checker(spec, sample_size, synced, written_marks(conn, spec))
+        checker = _Checker(conn, spec, sample_size, synced, written_marks(conn, spec))
         result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
         upper = checker.keys.last_key(conn)
         lower: Key | None = None
@@ -318,7 +324,7 @@ def verify_rows(
 ) -> VerifyResult:
     """Sort only the rows ``where`` selects, in one statement, read-only: what the
     drop re-checks under its lock for the rows written while the gate ran."""
-    checker = _Checker(spec, sample_size, synced, written_marks(conn, spec))
+    checker = _Checker(conn, spec, sample_size, synced, written_marks(conn, spec))
     result = VerifyResult(key=spec.key, mode=checker.mode, synced=synced)
     if checker.mode == "sql":
         checker.check_sql(conn, where, result)
