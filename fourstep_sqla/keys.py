@@ -162,22 +162,22 @@ class KeyRange:
         row values): partition pruning on PostgreSQL, a range on MariaDB/MySQL.
         """
         expr = self._key_expr()
-        lead = self.columns[0]
+        composite = len(self.columns) > 1
         clauses = []
         if lower is not None:
             clauses.append(expr > self._key_value(lower))
-            if not self.single:
-                clauses.append(lead >= lower[0])
+            if composite:
+                clauses.append(self.columns[0] >= lower[0])
         clauses.append(expr <= self._key_value(upper))
-        if not self.single:
-            clauses.append(lead <= upper[0])
+        if composite:
+            clauses.append(self.columns[0] <= upper[0])
         return clauses[0] if len(clauses) == 1 else and_(*clauses)
 
     def from_to(self, first: tuple[Any, ...], last: tuple[Any, ...]) -> ColumnElement[bool]:
         """``first <= pk <= last``."""
         expr = self._key_expr()
         clauses = [expr >= self._key_value(first), expr <= self._key_value(last)]
-        if not self.single:
+        if len(self.columns) > 1:
             lead = self.columns[0]
             clauses += [lead >= first[0], lead <= last[0]]
         return and_(*clauses)
