@@ -79,6 +79,8 @@ MAX_RUNS = 3
 #: polling for ranges held by another process: first wait and longest wait, s
 POLL_FIRST = 0.05
 POLL_MAX = 1.0
+#: how often a worker makes sure its claim still holds (seconds)
+LEASE_CHECK_SECONDS = 1.0
 
 
 # -- statements on the state tables, built once (values bound per call) --------
@@ -139,6 +141,8 @@ class Walk:
     dense: bool = False
     #: (start, upper) of the range after the current one, to read ahead into
     following: tuple[Key | None, Key] | None = None
+    #: when the lease was last found alive (monotonic seconds)
+    lease_checked: float = 0.0
 
 
 class Runner:
@@ -420,16 +424,40 @@ class Runner:
     def release(self, lease: Connection, run_id: str, range_no: int) -> None:
         """End the claim on a range; a lease that cannot say it released its
         lock is closed for good, never back to the pool still holding it."""
+        if lease.invalidated:
+            return  # lost: its lock went with it
         try:
             if lease.in_transaction():
                 lease.rollback()
             if self.rules.shares_ranges:
                 self.rules.end_lease(lease, _lease_name(self.key, run_id, range_no))
-        except DBAPIError:
-            log.warning("%s: could not release the claim on range %d of run %s; its "
-                        "connection is closed instead", self.key, range_no, run_id,
-                        exc_info=True)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                log.warning("%s: could not release the claim on range %d of run %s; its "
+                            "connection is closed instead", self.key, range_no, run_id,
+                            exc_info=True)
             lease.invalidate()
+
+    def check_lease(self, lease: Connection, run_id: str, range_no: int, walk: Walk) -> None:
+        """A worker works a range only while its claim holds: the lease connection
+        is asked whether it is still there, once a second at most. Lost (its
+        backend terminated, the server restarted), its lock went with it and
+        another process may take the range over: the worker stops here."""
+        if not self.rules.shares_ranges or lease.closed:
+            return
+        now = time.monotonic()
+        if now - walk.lease_checked < LEASE_CHECK_SECONDS:
+            return
+        walk.lease_checked = now
+        try:
+            lease.exec_driver_sql("SELECT 1")
+            lease.rollback()
+        except DBAPIError as exc:
+            raise BackfillError(
+                f"{self.spec.key}: the connection holding this worker's claim on range "
+                f"{range_no} of run {run_id} was lost ({exc.orig!r}), and the claim with it. "
+                f"Every batch committed before is kept; run the backfill again to resume here."
+            ) from exc
 
     # -- working ------------------------------------------------------------------
     def work(self, conn: Connection, lease: Connection, run_id: str) -> None:
@@ -484,7 +512,8 @@ class Runner:
                         decode_key(after.cursor_key) or decode_key(after.lower_key),
                         decode_key(after.upper_key),
                     )
-                    self.work_range(conn, run_id, rng.range_no, cursor, upper, walk, ahead)
+                    self.work_range(conn, run_id, rng.range_no, cursor, upper, walk, ahead,
+                                    lease)
                 finally:
                     with self.lock:
                         self.mine.discard(rng.range_no)
@@ -524,6 +553,7 @@ class Runner:
         upper: Key,
         walk: Walk,
         ahead: ReadAhead | None,
+        lease: Connection,
     ) -> None:
         """Batches from ``cursor`` to ``upper`` of one claimed range."""
         from .backfill import BackfillProgress
@@ -531,6 +561,7 @@ class Runner:
         while cursor != upper:
             if self.stop_event.is_set() or not self.budget_left():
                 return
+            self.check_lease(lease, run_id, range_no, walk)
             prefetched = None
             if ahead is not None and ahead.window is not None and ahead.window[0::2] == (
                 cursor, upper
