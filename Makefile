@@ -28,8 +28,12 @@ typecheck: $(STAMP)
 services:
 	./scripts/ensure-services
 
+# Two workers for the bulk of the suite; then, alone, the tests marked serial
+# (they time waits, or need no other transaction in the database). Plain
+# `pytest` runs everything in one process.
 test: lint typecheck services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 -m "not serial"
+	$(BIN)/pytest -q -m serial
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

@@ -512,10 +512,10 @@ def _short_timeout(engine: Engine) -> dict[str, Any]:
 
 @pytest.mark.mysql
 @pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
-def test_the_lifecycle_on_mariadb(mysql_engine: Engine, tmp_path: Path) -> None:
+def test_the_lifecycle_on_mariadb(mysql_db_engine: Engine, tmp_path: Path) -> None:
     """Step 1 to the drop and back on MariaDB, where DDL commits at once: the drop
     holds the table's write lock from DROP TRIGGER to DROP COLUMN."""
-    engine = mysql_engine
+    engine = mysql_db_engine
 
     def clean() -> None:
         with engine.begin() as conn:

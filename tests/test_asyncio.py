@@ -265,6 +265,7 @@ def make_app(engine: AsyncEngine) -> FastAPI:
 N_PEOPLE = 12_000
 
 
+@pytest.mark.serial  # times the event loop's stalls
 def test_fastapi_app_backfills_while_it_serves(db: Db) -> None:
     seed(db, people=N_PEOPLE)  # rows written before step 1: the old place only
 

@@ -1259,6 +1259,7 @@ class TestReadAhead:
 
 
 # -- 9. lock manners (PostgreSQL, MariaDB) ----------------------------------------------
+@pytest.mark.serial  # times the waits
 class TestLockManners:
     @by_mode
     def test_gives_way_then_fails_after_bounded_retries(

@@ -30,6 +30,10 @@ from test_backfill_runs import build, expected, new_values
 from fourstep_sqla import backfill
 from fourstep_sqla.backfill import BackfillProgress
 
+#: CREATE INDEX CONCURRENTLY waits for every older transaction of the database:
+#: run alone (make test)
+pytestmark = pytest.mark.serial
+
 ROWS = 600
 #: how long a worker pauses; a transaction older than ``OLD_S`` is held across the
 #: pause (MariaDB notes when a transaction began in whole seconds only)

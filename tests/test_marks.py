@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, String, inspect, select, text
+from sqlalchemy import Engine, Integer, String, select, text
 from sqlalchemy.orm import DeclarativeBase, Session, Unmapped, mapped_column, unmapped_column
 
 from fourstep_sqla import Phase, Transform, backfill, phased, verify
@@ -51,12 +51,7 @@ def db(request: pytest.FixtureRequest) -> Iterator[Engine]:
     if request.param == "postgresql":
         yield request.getfixturevalue("pg_schema_engine")
         return
-    engine: Engine = request.getfixturevalue("mysql_engine")
-    yield engine
-    with engine.begin() as conn:
-        for name in inspect(conn).get_table_names():
-            if name.startswith("mrk_") or name.startswith("fourstep_"):
-                conn.exec_driver_sql(f"DROP TABLE `{name}`")
+    yield request.getfixturevalue("mysql_db_engine")  # a database of its own
 
 
 def model(table: str, phase: Phase = Phase.STOP_READ_OLD) -> Any:

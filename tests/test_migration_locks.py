@@ -37,6 +37,9 @@ from fourstep_sqla.ddl import DDLLockTimeoutError
 from fourstep_sqla.state import read_state
 from fourstep_sqla.triggers import triggers_on
 
+#: the probe times every wait of the application: run alone (make test)
+pytestmark = pytest.mark.serial
+
 TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
 LOCK_MS = 200
 ROWS = 1_000_000

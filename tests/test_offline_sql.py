@@ -419,6 +419,7 @@ def test_the_drop_gate_stops_the_script_with_the_counts(
 
 
 @pytest.mark.postgres
+@pytest.mark.serial  # times the script's wait
 def test_a_lock_timeout_stops_psql_before_anything_of_the_revision(
     pg_schema_engine: Engine, target: Engine, psql: str, tmp_path: Path
 ) -> None:

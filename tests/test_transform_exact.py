@@ -58,7 +58,9 @@ DIALECTS = [
     pytest.param("postgresql", marks=pytest.mark.postgres),
     pytest.param("mysql", marks=pytest.mark.mysql),
 ]
-_ENGINE_FIXTURE = {"sqlite": "sqlite_engine", "postgresql": "pg_engine", "mysql": "mysql_engine"}
+_ENGINE_FIXTURE = {
+    "sqlite": "sqlite_engine", "postgresql": "pg_schema_engine", "mysql": "mysql_db_engine",
+}
 
 # FOURSTEP_EXACT_EXAMPLES=5000 for a long hunt; the default keeps the file quick
 EXACT = settings(

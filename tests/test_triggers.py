@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, String, inspect, text
+from sqlalchemy import Engine, Integer, String, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 
@@ -46,19 +46,14 @@ Row = tuple[Any, ...]
     ]
 )
 def db(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """SQLite, PostgreSQL (own schema) and MariaDB (tables dropped afterwards)."""
+    """SQLite, PostgreSQL (own schema) and MariaDB (own database)."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_engine")
         return
     if request.param == "postgresql":
         yield request.getfixturevalue("pg_schema_engine")
         return
-    engine: Engine = request.getfixturevalue("mysql_engine")
-    yield engine
-    with engine.begin() as conn:
-        for name in inspect(conn).get_table_names():
-            if name.startswith("trg_") or name.startswith("fourstep_"):
-                conn.exec_driver_sql(f"DROP TABLE `{name}`")
+    yield request.getfixturevalue("mysql_db_engine")  # a database of its own
 
 
 def split_model(table: str, *, old_default: str | None = None) -> Any:
@@ -481,10 +476,10 @@ def test_names_that_need_quoting_in_a_schema(pg_engine: Engine) -> None:
 
 
 @pytest.mark.mysql
-def test_mariadb_compares_exactly_not_by_collation(mysql_engine: Engine) -> None:
+def test_mariadb_compares_exactly_not_by_collation(mysql_db_engine: Engine) -> None:
     """'ada lovelace' beside ('Ada', 'Lovelace'), or a trailing space, is a difference
     the case-insensitive, PAD SPACE collation would hide: the drop would lose it."""
-    engine = mysql_engine
+    engine = mysql_db_engine
     model = split_model("trg_collation")
     model.metadata.create_all(engine)
     try:
