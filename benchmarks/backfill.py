@@ -366,6 +366,52 @@ def wrong_rows(engine: Engine, table: str) -> int:
         )
 
 
+class _Stop(Exception):
+    """Raised by a progress callback: the run stops there, as if killed."""
+
+
+def measure_resume(engine: Engine, rows: int) -> dict[str, float]:
+    """Stop a SQL-mode run at about 10% and again at about 90% (an exception from
+    the progress callback, as a kill would leave it), each time timing how long
+    the resumed call takes to its first batch: planning and resuming should cost
+    the same early and late. Then time a re-run of the finished run."""
+    table = "bf_resume"
+    fresh_copy(engine, table, rows)
+    model = make_model(table, "sql")
+    found: dict[str, float] = {}
+
+    def stop_at(fraction: float, label: str | None, started: float) -> Any:
+        def callback(progress: Any) -> None:
+            if label is not None and f"{label}_s" not in found:
+                found[f"{label}_s"] = time.perf_counter() - started
+            if fraction < 1 and progress.rows_updated >= fraction * rows:
+                raise _Stop
+
+        return callback
+
+    def call(fraction: float, label: str | None, done_before: int) -> int:
+        started = time.perf_counter()
+        with contextlib.suppress(_Stop):
+            backfill(engine, model.full_name,
+                     progress=stop_at(fraction - done_before / rows, label, started))
+        with engine.connect() as conn:
+            done = conn.execute(text(
+                f"SELECT count(*) FROM {SCHEMA}.{table} WHERE first_name IS NOT NULL"
+            )).scalar_one()
+        return int(done)
+
+    done = call(0.10, None, 0)
+    found["early_at"] = done / rows
+    done = call(0.90, "early", done)
+    found["late_at"] = done / rows
+    call(1.0, "late", done)
+    start = time.perf_counter()
+    backfill(engine, model.full_name)
+    found["rerun_s"] = time.perf_counter() - start
+    autocommit(engine, f"DROP TABLE {SCHEMA}.{table}")
+    return found
+
+
 # -- output --------------------------------------------------------------------------------
 def verdict(good: bool) -> str:
     return "ok" if good else "MISSED"
@@ -494,6 +540,19 @@ def main() -> None:
             f"verify() on the finished table: {verify_s:.3f} s "
             f"({checked.total:,} rows, {checked.missing} missing, "
             f"{checked.mismatched} mismatched)"
+        )
+
+        # resuming a stopped run, early and late: what a call costs before its first batch
+        resume = measure_resume(engine, rows)
+        print(
+            f"resume of a stopped SQL-mode run, time to its first batch: at "
+            f"{resume['early_at']:.0%} done {resume['early_s'] * 1e3:.1f} ms, at "
+            f"{resume['late_at']:.0%} done {resume['late_s'] * 1e3:.1f} ms "
+            f"({resume['late_s'] / resume['early_s']:.2f}x)"
+        )
+        print(
+            f"re-run of that finished run: {resume['rerun_s']:.3f} s; of the first finished "
+            f"one: {rerun_s:.3f} s"
         )
 
         # batch durations, start vs end of the SQL-mode run

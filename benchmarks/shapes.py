@@ -8,6 +8,7 @@ partitioned tables are first class. For each shape a table of ``--rows`` rows
 filled, ``VACUUM ANALYZE``) for every variant, in a schema of its own
 (``fourstep_shapes``, dropped at the end; the state tables live there too):
 
+- ``integer key``: ``id integer PRIMARY KEY``, the plain case;
 - ``composite (tenant, id)``: ``PRIMARY KEY (tenant, id)`` (200 tenants), the
   model declaring ``tenant`` first;
 - ``composite (id, tenant)``: the same table, the model declaring ``id`` first
@@ -48,6 +49,7 @@ PARTS = 4
 
 #: shape -> (key columns as the model declares them, partitioning or None)
 SHAPES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "integer key": (("id",), None),
     "composite (tenant, id)": (("tenant", "id"), None),
     "composite (id, tenant)": (("id", "tenant"), None),
     "list partitions": (("id", "tenant"), "list"),
@@ -71,14 +73,16 @@ def autocommit(engine: Engine, *statements: str, **params: Any) -> None:
 def build(engine: Engine, table: str, shape: str, rows: int) -> None:
     """``table`` of ``shape`` with ``rows`` pending rows, vacuumed and analyzed."""
     _declared, partitioning = SHAPES[shape]
-    if shape == "uuid key":
+    if shape == "integer key":
+        columns, key, values = "id integer NOT NULL", "id", "g"
+    elif shape == "uuid key":
         columns, key, values = "uid uuid NOT NULL", "uid", "md5(g::text)::uuid"
     elif shape == "text key":
         columns, key, values = "code varchar(40) NOT NULL", "code", "md5(g::text)"
     else:
         columns, key = "id integer NOT NULL, tenant varchar(20) NOT NULL", "tenant, id"
         values = "g, 't' || lpad((g % 200)::text, 3, '0')"
-    names = key if shape in ("uuid key", "text key") else "id, tenant"
+    names = key if shape in ("integer key", "uuid key", "text key") else "id, tenant"
     partition = f" PARTITION BY {partitioning.upper()} (tenant)" if partitioning else ""
     statements = [
         f"DROP TABLE IF EXISTS {table} CASCADE",
