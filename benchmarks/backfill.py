@@ -36,7 +36,7 @@ children (their own ``ru_maxrss``, cross-checked with ``RUSAGE_CHILDREN``); a ru
 stopped at about 10% and again at about 90% (as a kill leaves it), with the time
 each resumed call takes to its first batch (issue 11: flat from early to late),
 and a re-run of that run once finished. ``--rows 10000000`` runs on a 2-core,
-24 GiB machine in about 12 minutes (about 10 GB of disk while a copy is there).
+24 GiB machine in about 12 minutes.
 
 Targets (issue 3): SQL mode >= 0.95x the single UPDATE with writer p99 <= 10 ms;
 Python mode >= 0.45x; SQL mode >= 10x the hand-written ORM loop; re-run <= 1 s;
