@@ -45,7 +45,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, PendingRollbackError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import Column, Table
-from sqlalchemy.types import String, TypeEngine
+from sqlalchemy.types import Enum, String, TypeEngine
 
 __all__ = ["DialectRules", "rules_for"]
 
@@ -603,6 +603,8 @@ class SQLiteRules(DialectRules):
 def _unbounded(type_: TypeEngine[Any]) -> TypeEngine[Any]:
     """``type_`` without a length: an explicit ``CAST(... AS VARCHAR(10))`` truncates
     silently on PostgreSQL, while the assignment to the column raises instead."""
+    if isinstance(type_, Enum):
+        return type_  # a type of its own in the database (PostgreSQL): the cast names it
     if isinstance(type_, String) and type_.length is not None:
         return String()
     return type_

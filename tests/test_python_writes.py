@@ -1,0 +1,190 @@
+"""Python-mode batches, on SQLite, PostgreSQL and MariaDB: the rows a batch
+computes reach the server (on PostgreSQL as one JSON document the table is
+updated from, elsewhere as the parameters of one executemany UPDATE) and are
+written under compare-and-set (``DialectRules.update_rows``).
+
+What the trip must carry exactly: text that JSON or a text format gives meaning
+to (tab, newline, backslash, ``\\N``, quotes, the empty string), Unicode, NULL,
+integers at the ends of their range; rows that change under the batch
+(compare-and-set, then the sweep, a second write in the same transaction); a
+value the column refuses (found under savepoints); and a column whose type
+is not text to PostgreSQL (an Enum: the document's text is cast to the enum
+type; it used to be cast to VARCHAR, which PostgreSQL refuses to assign).
+Rows are compared with Python's own result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import BigInteger, Engine, Enum, Integer, String, Text, select, text, update
+from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+from fourstep_sqla import Phase, Transform, backfill, phased
+
+pytestmark = pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+
+AWKWARD = [
+    "tab\there", "new\nline", "back\\slash", "\\N", "carriage\rreturn", "quote ' \" end",
+    "日本 語", "emoji 🎉 x", "a  b", " lead", "trail ", "x", "\\. end", "comma, semi; pipe|",
+]
+
+
+def split(name: str, /) -> tuple[str | None, str | None]:
+    first, _, last = name.partition(" ")
+    return first or None, last or None
+
+
+def split_model(table: str, old_type: Any = Text, new_type: Any = Text) -> Any:
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = table
+        id = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+        name = mapped_column(old_type, nullable=True)
+        first_name = mapped_column(new_type, nullable=True)
+        last_name = mapped_column(new_type, nullable=True)
+        full_name = phased(old="name", new=("first_name", "last_name"),
+                           forward=Transform(split), backward=Transform.join(" "),
+                           phase=Phase.STOP_READ_OLD)
+
+    return User
+
+
+def _rows(engine: Engine, table: str) -> dict[int, tuple[Any, ...]]:
+    with engine.connect() as conn:
+        found = conn.execute(text(f"SELECT id, name, first_name, last_name FROM {table}"))
+        return {int(r[0]): tuple(r[1:]) for r in found}
+
+
+def test_awkward_text_arrives_exactly(engine: Engine) -> None:
+    model = split_model("pw_awkward")
+    model.metadata.create_all(engine)
+    names = [f"{a} {b}" for a in AWKWARD for b in AWKWARD[:5]] + ["", " ", "solo"]
+    with engine.begin() as conn:
+        conn.execute(model.__table__.insert(), [{"id": i, "name": n} for i, n in enumerate(names)])
+
+    report = backfill(engine, model.full_name, batch_size=25, target_ms=0)
+
+    assert report.complete
+    assert _rows(engine, "pw_awkward") == {
+        i: (n, *split(n)) if split(n) != (None, None) else (n, None, None)
+        for i, n in enumerate(names)
+    }
+
+
+def test_integers_at_the_ends_of_their_range(engine: Engine) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Amount(Base):
+        __tablename__ = "pw_ints"
+        id = mapped_column(Integer, primary_key=True, autoincrement=False)
+        amount_text = mapped_column(String(30), nullable=True)
+        amount = mapped_column(BigInteger, nullable=True)
+        value = phased(old="amount_text", new="amount", forward=Transform(int),
+                       backward=Transform(str), phase=Phase.STOP_READ_OLD)
+
+    Base.metadata.create_all(engine)
+    values = [0, -1, 1, 2**63 - 1, -(2**63), 2**31, -(2**31) - 1]
+    with engine.begin() as conn:
+        conn.execute(Amount.__table__.insert(),
+                     [{"id": i, "amount_text": str(v)} for i, v in enumerate(values)])
+    backfill(engine, Amount.value)
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(Amount.id, Amount.amount)).tuples().all())
+    assert got == dict(enumerate(values))
+
+
+def test_rows_changed_under_the_batch_are_swept(
+    server_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer changes the old value of some rows of a batch between the batch's
+    read and its write (while the batch computes the row with key 7): the
+    compare-and-set refuses them, and the sweep (a second write in the same
+    transaction) writes their new value, never the stale one. The writer is
+    done before the batch writes, so it waits for no lock of the batch's. (On
+    SQLite the batch holds the write lock from its read on: no writer gets in.)"""
+    engine = server_engine
+    model = split_model("pw_swept")
+    model.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(model.__table__.insert(),
+                     [{"id": i, "name": f"Old{i} Name{i}"} for i in range(1, 201)])
+    changed = threading.Event()
+
+    def slow_split(name: str, /) -> tuple[str | None, str | None]:
+        if name == "Old7 Name7" and not changed.is_set():
+            changed.set()
+            with engine.begin() as conn:  # another session, committed before the write
+                users = model.__table__
+                conn.execute(update(users).where(users.c.id % 7 == 0, users.c.id <= 20)
+                             .values(name="New Value"))
+        return split(name)
+
+    model.full_name.spec.forward = Transform(slow_split)  # type: ignore[attr-defined]
+    caplog.set_level(logging.INFO, logger="fourstep_sqla")
+    try:
+        backfill(engine, model.full_name, batch_size=1000, target_ms=0)
+    finally:
+        model.full_name.spec.forward = Transform(split)  # type: ignore[attr-defined]
+    assert changed.is_set()
+    assert any("2 row(s) changed under the batch, sweeping again" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert _rows(engine, "pw_swept") == {
+        i: ("New Value", "New", "Value") if i in (7, 14) else (f"Old{i} Name{i}", f"Old{i}",
+                                                             f"Name{i}")
+        for i in range(1, 201)
+    }
+
+
+def test_a_value_the_column_refuses_fails_its_row_only(server_engine: Engine) -> None:
+    """The column is made VARCHAR(5) behind the model's back (it declares 50): the
+    checks let 'Toolong' through, the database refuses it, and the batch is
+    redone under savepoints to name that row."""
+    engine = server_engine
+    model = split_model("pw_refused", old_type=Text, new_type=String(50))
+    model.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "ALTER TABLE pw_refused MODIFY first_name varchar(5)"
+            if engine.dialect.name == "mysql"
+            else "ALTER TABLE pw_refused ALTER COLUMN first_name TYPE varchar(5)"
+        )
+        conn.execute(model.__table__.insert(), [
+            {"id": i, "name": "Toolong x" if i == 13 else f"A{i} B{i}"} for i in range(1, 41)
+        ])
+    report = backfill(engine, model.full_name, on_error="skip")
+    assert report.skipped_keys == [(13,)]
+    rows = _rows(engine, "pw_refused")
+    assert rows[13] == ("Toolong x", None, None)
+    assert all(rows[i] == (f"A{i} B{i}", f"A{i}", f"B{i}") for i in range(1, 41) if i != 13)
+
+
+def test_an_enum_column_is_written(engine: Engine) -> None:
+    """An Enum column is text to Python but a type of its own to PostgreSQL."""
+    mood_type = Enum("happy", "sad", name="pw_mood")
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Person(Base):
+        __tablename__ = "pw_enum"
+        id = mapped_column(Integer, primary_key=True, autoincrement=False)
+        mood_text = mapped_column(String(10), nullable=True)
+        mood = mapped_column(mood_type, nullable=True)
+        feeling = phased(old="mood_text", new="mood", forward=Transform(str.lower),
+                         backward=Transform(str), phase=Phase.STOP_READ_OLD)
+
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(Person.__table__.insert(),
+                     [{"id": 1, "mood_text": "HAPPY"}, {"id": 2, "mood_text": "Sad"}])
+    backfill(engine, Person.feeling)
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(Person.id, Person.mood)).tuples().all())
+    assert got == {1: "happy", 2: "sad"}
