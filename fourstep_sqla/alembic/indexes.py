@@ -112,6 +112,50 @@ def _pg_index_state(conn: Connection, name: str, schema: str | None) -> bool | N
     return None if row is None else bool(row[0])
 
 
+#: transactions open at least this long when a concurrent build starts are named
+LONG_TRANSACTION_SECONDS = 1.0
+
+
+def _name_long_transactions(conn: Connection, name: str, table: str | None,
+                            schema: str | None) -> None:
+    """Say which transactions ``CREATE INDEX CONCURRENTLY`` will wait for.
+
+    The build waits for every transaction that writes the table, and, before it
+    ends, for every transaction of the database (on any table) that holds a
+    snapshot older than its own: a report in REPEATABLE READ, a ``pg_dump``, a
+    forgotten session. The application is not blocked meanwhile, but the
+    migration looks hung: those open for a second or more as the build starts
+    are named in a warning (pid, application, how long, state, the start of
+    the query), so that whoever runs the migration knows what it waits for."""
+    prep = conn.dialect.identifier_preparer
+    qualified = prep.quote(table or "")
+    if schema is not None:
+        qualified = f"{prep.quote_schema(schema)}.{qualified}"
+    try:
+        rows = conn.execute(text(
+            "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no name'), a.state, "
+            "round(extract(epoch FROM clock_timestamp() - a.xact_start))::bigint, "
+            "left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80) "
+            "FROM pg_stat_activity a WHERE a.datname = current_database() "
+            "AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend' "
+            "AND a.xact_start < clock_timestamp() - make_interval(secs => :s) "
+            "AND (a.backend_xmin IS NOT NULL OR EXISTS (SELECT 1 FROM pg_locks l "
+            "WHERE l.pid = a.pid AND l.relation = to_regclass(:table))) "
+            "ORDER BY a.xact_start LIMIT 5"
+        ), {"s": LONG_TRANSACTION_SECONDS, "table": qualified}).all()
+    except Exception:  # pg_stat_activity not readable: nothing to say
+        log.debug("could not read pg_stat_activity", exc_info=True)
+        return
+    if rows:
+        log.warning(
+            "CREATE INDEX CONCURRENTLY %s waits for these open transactions to end "
+            "(the application is not blocked meanwhile): %s",
+            name,
+            "; ".join(f"pid {pid} ({app}, open {age} s, {state}: {query!r})"
+                      for pid, app, state, age, query in rows),
+        )
+
+
 def _drop_invalid(conn: Connection, name: str, schema: str | None) -> None:
     prep = conn.dialect.identifier_preparer
     qualified = prep.quote(name)
@@ -160,6 +204,7 @@ def _run_concurrently(
         log.warning("index %s was left INVALID by a build that stopped; dropping it and "
                     "building it again", name)
         _drop_invalid(conn, name, operation.schema)
+    _name_long_transactions(conn, name, operation.table_name, operation.schema)
     try:
         return original(operations, operation)
     except BaseException:
