@@ -35,7 +35,8 @@ import fourstep_sqla.alembic  # noqa: F401
 from fourstep_sqla import backfill, verify
 from fourstep_sqla.alembic.ops import DropRefusedError
 from fourstep_sqla.registry import get
-from fourstep_sqla.triggers import triggers_on, triggers_present
+from fourstep_sqla.state import read_state
+from fourstep_sqla.triggers import trigger_names, triggers_on, triggers_present
 
 TEMPLATE = Path(command.__file__).parent / "templates" / "generic" / "script.py.mako"
 
@@ -559,6 +560,58 @@ def test_the_lifecycle_on_mariadb(mysql_db_engine: Engine, tmp_path: Path) -> No
         assert project.rows()[0] == (1, "Ada King")
     finally:
         clean()
+
+
+def _version(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
+
+
+@pytest.mark.mysql
+@pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")
+def test_revisions_stopped_after_a_committed_statement_run_again_on_mariadb(
+    mysql_db_engine: Engine, tmp_path: Path
+) -> None:
+    """MariaDB commits each DDL statement at once: a process killed in the middle
+    of a revision leaves what it did, and the revision runs again over it. The
+    kill is played here by running by hand the statements that had committed,
+    ``alembic_version`` left where it was: the step-4 revision after its DROP
+    COLUMN, and the step-1 downgrade between its two DROP TRIGGERs."""
+    engine = mysql_db_engine
+    project = Project(tmp_path, engine)
+    project.models("WRITE_BOTH")
+    project.autogenerate()
+    project.models("STOP_READ_OLD")
+    project.autogenerate()
+    project.models("STOP_WRITE_OLD", old=UNMAPPED)
+    step4 = command.revision(project.config, message="step 4", autogenerate=True,
+                             rev_id="r99_step4")
+    assert step4 is not None and not isinstance(step4, list)
+    assert "op.drop_old(" in Path(step4.path).read_text()
+    step3 = _version(engine)
+
+    # killed right after the DROP (the triggers went before it, under the same lock)
+    slug_ = trigger_names(KEY, "mysql")[0].removesuffix("_ins")
+    for trigger in (f"{slug_}_ins", f"{slug_}_upd"):
+        project.run(f"DROP TRIGGER `{trigger}`")
+    project.run("ALTER TABLE people DROP COLUMN name")
+    assert _version(engine) == step3
+    command.upgrade(project.config, "head")
+    assert _version(engine) == "r99_step4"
+    state = read_state(engine, KEY)
+    assert state is not None and state.recorded_phase == 4
+    assert [c["name"] for c in inspect(engine).get_columns("people")] == [
+        "id", "first_name", "last_name"]
+
+    # back to step 1, then its downgrade killed between its two DROP TRIGGERs
+    command.downgrade(project.config, "-2")
+    assert project.synced()
+    project.run(f"DROP TRIGGER `{slug_}_ins`")
+    command.downgrade(project.config, "base")
+    with engine.connect() as conn:
+        assert triggers_on(conn, "people", None) == set()
+        assert {c["name"] for c in inspect(conn).get_columns("people")} == {"id", "name"}
+    assert [r[:2] for r in project.rows()][:2] == [(1, "Ada Lovelace"), (2, "Cher")]
 
 
 @pytest.mark.filterwarnings("ignore::fourstep_sqla.errors.FourStepWarning")

@@ -530,6 +530,13 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
     conn = operations.get_bind()
     rules_for(conn).hold_writes(conn)
     table = operation.reflect(conn)
+    if not any(name in table.c for name in operation.old_names):
+        # the DROP committed, the revision did not (MariaDB/MySQL commit DDL at
+        # once; a process killed right after it): this run finishes the step
+        log.info("%s: %s of %s dropped already (this revision ran before, up to there)",
+                 operation.key, ", ".join(operation.old_names), table.description)
+        record_phase(conn, operation.key, operation.table_name, Phase.STOP_WRITE_OLD)
+        return
     guard = _install_guard(operations, operation, table)
     try:
         _warn_if_gate_under_lock(conn, operation, table)

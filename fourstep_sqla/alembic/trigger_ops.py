@@ -35,7 +35,7 @@ from sqlalchemy import Column
 from ..ddl import run_ddl
 from ..errors import SyncTriggerError
 from ..marks import WriteMarks
-from ..triggers import SyncTriggers, from_table, placed, triggers_present
+from ..triggers import SyncTriggers, from_table, placed, trigger_names, triggers_on
 from .ops import lock_policy, reflect_columns
 
 __all__ = [
@@ -215,11 +215,18 @@ def _create_sync_triggers(operations: Operations, operation: CreateSyncTriggersO
                        triggers.create(operations.get_context().dialect))
 
 
+def _any_trigger_present(operations: Operations, operation: DropSyncTriggersOp) -> bool:
+    """Whether any sync trigger of the operation's key is still on its table (a
+    revision stopped between two ``DROP TRIGGER`` left the others behind:
+    MariaDB/MySQL commit each at once)."""
+    conn = operations.get_bind()
+    names = set(trigger_names(operation.key, conn.dialect.name))
+    return bool(names & triggers_on(conn, operation.table_name, operation.schema))
+
+
 @Operations.implementation_for(DropSyncTriggersOp)
 def _drop_sync_triggers(operations: Operations, operation: DropSyncTriggersOp) -> None:
-    if not operations.get_context().as_sql and not triggers_present(
-        operations.get_bind(), operation.key, operation.table_name, operation.schema
-    ):
+    if not operations.get_context().as_sql and not _any_trigger_present(operations, operation):
         # gone already: a revision run again after it was stopped past this point
         # (MariaDB/MySQL commit DDL at once: the new columns may be gone too)
         log.info("%s: no sync triggers on %s; nothing to drop", operation.key,
