@@ -349,6 +349,23 @@ class DropGuard:
         name = prep.quote(self.table_name)
         return f"{prep.quote_schema(self.schema)}.{name}" if self.schema else str(name)
 
+    @staticmethod
+    def table_statement(dialect: Dialect, home: str | None) -> str:
+        """``CREATE TABLE IF NOT EXISTS fourstep_guard`` in ``home``. Every drop
+        makes it, guard or not, so that a drop stopped midway and run again (which
+        may need a guard the first run did not) ends with the same tables."""
+        prep = dialect.identifier_preparer
+        guard = str(prep.quote(GUARD_TABLE))
+        if home:
+            guard = f"{prep.quote_schema(home)}.{guard}"
+        if dialect.name in ("mysql", "mariadb"):
+            k = prep.quote("key")  # a reserved word there
+            # 255 + 512 characters: the longest primary key there in utf8mb4
+            return (f"CREATE TABLE IF NOT EXISTS {guard} ({k} VARCHAR(255) NOT NULL, "
+                    f"row_key VARCHAR(512) NOT NULL, PRIMARY KEY ({k}, row_key))")
+        return (f"CREATE TABLE IF NOT EXISTS {guard} (key VARCHAR(255) NOT NULL, "
+                f"row_key TEXT NOT NULL, PRIMARY KEY (key, row_key))")
+
     def create(self, dialect: Dialect) -> list[str]:
         if dialect.name in ("mysql", "mariadb"):
             return self._create_mysql(dialect)
@@ -361,8 +378,7 @@ class DropGuard:
         row_key = ", ".join(f"NEW.{prep.quote(c.name)}" for c in self.primary_key)
         old = ", ".join(prep.quote(n) for n in self.old)
         return [
-            f"CREATE TABLE IF NOT EXISTS {guard} (key VARCHAR(255) NOT NULL, "
-            f"row_key TEXT NOT NULL, PRIMARY KEY (key, row_key))",
+            self.table_statement(dialect, self.home),
             f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
             f"$fourstep$ BEGIN INSERT INTO {guard} (key, row_key) VALUES ({key}, "
             f"json_build_array({row_key})::text) ON CONFLICT DO NOTHING; RETURN NULL; END "
@@ -387,9 +403,7 @@ class DropGuard:
         inserted, updated = (self._q(dialect, n) for n in self._trigger_names())
         table = self.table(dialect)
         return [
-            # 255 + 512 characters: the longest primary key there in utf8mb4
-            f"CREATE TABLE IF NOT EXISTS {guard} ({k} VARCHAR(255) NOT NULL, "
-            f"row_key VARCHAR(512) NOT NULL, PRIMARY KEY ({k}, row_key))",
+            self.table_statement(dialect, self.home),
             f"DROP TRIGGER IF EXISTS {inserted}",
             f"DROP TRIGGER IF EXISTS {updated}",
             f"CREATE TRIGGER {inserted} AFTER INSERT ON {table} FOR EACH ROW {note}",

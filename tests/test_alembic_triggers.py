@@ -551,6 +551,9 @@ def test_the_lifecycle_on_mariadb(mysql_db_engine: Engine, tmp_path: Path) -> No
         assert project.rows() == [(1, "Ada", "King"), (2, "Cher", None), (3, "Alan", "Turing"),
                                   (4, "Grace", "H")]
         assert not project.synced()
+        # made by every drop, guard or not: a drop run again after a kill (which
+        # may need a guard) ends with the same tables
+        assert "fourstep_guard" in inspect(engine).get_table_names()
         command.downgrade(project.config, "-1")
         assert project.synced()
         assert [r[:2] for r in project.rows()] == [
@@ -576,7 +579,8 @@ def test_revisions_stopped_after_a_committed_statement_run_again_on_mariadb(
     of a revision leaves what it did, and the revision runs again over it. The
     kill is played here by running by hand the statements that had committed,
     ``alembic_version`` left where it was: the step-4 revision after its DROP
-    COLUMN, and the step-1 downgrade between its two DROP TRIGGERs."""
+    TRIGGERs, then after its DROP COLUMN, and the step-1 downgrade between its
+    two DROP TRIGGERs."""
     engine = mysql_db_engine
     project = Project(tmp_path, engine)
     project.models("WRITE_BOTH")
@@ -590,8 +594,21 @@ def test_revisions_stopped_after_a_committed_statement_run_again_on_mariadb(
     assert "op.drop_old(" in Path(step4.path).read_text()
     step3 = _version(engine)
 
-    # killed right after the DROP (the triggers went before it, under the same lock)
     slug_ = trigger_names(KEY, "mysql")[0].removesuffix("_ins")
+    # killed after its DROP TRIGGERs, before its DROP COLUMN: the run again has no
+    # triggers to carry late writes, so it installs a guard, and ends with the
+    # tables an uninterrupted drop leaves (fourstep_guard, empty, included)
+    for trigger in (f"{slug_}_ins", f"{slug_}_upd"):
+        project.run(f"DROP TRIGGER `{trigger}`")
+    command.upgrade(project.config, "head")
+    assert _version(engine) == "r99_step4"
+    with engine.connect() as conn:
+        assert triggers_on(conn, "people", None) == set()
+        assert conn.execute(text("SELECT count(*) FROM fourstep_guard")).scalar_one() == 0
+    command.downgrade(project.config, "-1")
+    assert project.synced()
+
+    # killed right after the DROP (the triggers went before it, under the same lock)
     for trigger in (f"{slug_}_ins", f"{slug_}_upd"):
         project.run(f"DROP TRIGGER `{trigger}`")
     project.run("ALTER TABLE people DROP COLUMN name")

@@ -96,7 +96,7 @@ def test_integers_at_the_ends_of_their_range(engine: Engine) -> None:
                      [{"id": i, "amount_text": str(v)} for i, v in enumerate(values)])
     backfill(engine, Amount.value)
     with engine.connect() as conn:
-        got = dict(conn.execute(select(Amount.id, Amount.amount)).tuples().all())
+        got = dict(conn.execute(select(Amount.id, Amount.amount)).all())
     assert got == dict(enumerate(values))
 
 
@@ -186,5 +186,5 @@ def test_an_enum_column_is_written(engine: Engine) -> None:
                      [{"id": 1, "mood_text": "HAPPY"}, {"id": 2, "mood_text": "Sad"}])
     backfill(engine, Person.feeling)
     with engine.connect() as conn:
-        got = dict(conn.execute(select(Person.id, Person.mood)).tuples().all())
+        got = dict(conn.execute(select(Person.id, Person.mood)).all())
     assert got == {1: "happy", 2: "sad"}

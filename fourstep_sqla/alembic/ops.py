@@ -50,7 +50,7 @@ from ..ddl import LockPolicy, run_ddl
 from ..dialects import rules_for
 from ..errors import FourStepError
 from ..frozen import frozen_transform
-from ..marks import MARKS_TABLE, DropGuard, WriteMarks, marks_present
+from ..marks import MARKS_TABLE, DropGuard, WriteMarks, home_of, marks_present
 from ..phase import Phase
 from ..state import record_phase
 from ..transform import Transform
@@ -537,6 +537,8 @@ def _drop_old(operations: Operations, operation: DropOldOp) -> None:
                  operation.key, ", ".join(operation.old_names), table.description)
         record_phase(conn, operation.key, operation.table_name, Phase.STOP_WRITE_OLD)
         return
+    if DropGuard.supported(conn.dialect):
+        conn.exec_driver_sql(DropGuard.table_statement(conn.dialect, home_of(conn, table.schema)))
     guard = _install_guard(operations, operation, table)
     try:
         _warn_if_gate_under_lock(conn, operation, table)
