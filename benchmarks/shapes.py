@@ -18,7 +18,9 @@ filled, ``VACUUM ANALYZE``) for every variant, in a schema of its own
 - ``uuid key`` (random UUIDs) and ``text key`` (32 hex characters).
 
 The baseline (1.00) is one ``UPDATE t SET email = upper(mail) WHERE email IS
-NULL`` on a fresh copy of the same shape, in this process; each backfill
+NULL`` on a fresh copy of the same shape, in this process (for the integer key
+also "2 sessions": the two halves as plain UPDATEs from two sessions at once,
+PostgreSQL's own limit for two processes on this table); each backfill
 (``backfill(engine, Model.contact, workers=N)``, default batch options, SQL
 mode with ``upper``) is printed as rows/s over the baseline's rows/s. A
 writer thread on its own autocommit connection updates a random row through
@@ -185,6 +187,24 @@ def measure(engine: Engine, table: str, shape: str, sleep_ms: float,
     return finished - started, writer.latencies(started, finished), result
 
 
+def two_sessions(engine: Engine, table: str, rows: int, step: int = 10_000) -> None:
+    """The integer-key table's two halves updated at once by two sessions, each in
+    autocommitted statements of ``step`` keys: what two processes of PostgreSQL
+    reach on this table without the library."""
+    def half(lo: int, hi: int) -> None:
+        for start in range(lo, hi, step):
+            autocommit(engine, f"UPDATE {table} SET email = upper(mail) WHERE id > :a "
+                               "AND id <= :b AND email IS NULL", a=start, b=min(start + step, hi))
+
+    middle = rows // 2
+    threads = [threading.Thread(target=half, args=(0, middle)),
+               threading.Thread(target=half, args=(middle, rows))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def left(engine: Engine, table: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text(
@@ -231,6 +251,19 @@ def main() -> None:
             base = rows / seconds
             print(f"{shape:22} {'one UPDATE':14} {seconds:8.2f} {base:10,.0f} {1.0:6.2f}"
                   f"   {percentile(lat, 50) * 1e3:7.2f} / {percentile(lat, 99) * 1e3:7.2f}")
+            if shape == "integer key":
+                # PostgreSQL's own limit for two processes: the table's halves as two
+                # plain UPDATEs from two sessions at once, in 10,000-key statements
+                table = f"s{number}_halves"
+                build(engine, table, shape, rows)
+                seconds, lat, _ = measure(
+                    engine, table, shape, args.writer_sleep_ms,
+                    lambda t=table: two_sessions(engine, t, rows),
+                )
+                rate = rows / seconds
+                print(f"{'':22} {'2 sessions':14} {seconds:8.2f} {rate:10,.0f} "
+                      f"{rate / base:6.2f}   {percentile(lat, 50) * 1e3:7.2f} / "
+                      f"{percentile(lat, 99) * 1e3:7.2f}   (plain SQL, no fourstep)")
             for n in workers:
                 table = f"s{number}_w{n}"
                 build(engine, table, shape, rows)
