@@ -449,9 +449,11 @@ class Runner:
         if now - walk.lease_checked < LEASE_CHECK_SECONDS:
             return
         walk.lease_checked = now
+        claimed_in_transaction = lease.in_transaction()  # the row-lock claim: kept open
         try:
             lease.exec_driver_sql("SELECT 1")
-            lease.rollback()
+            if not claimed_in_transaction:
+                lease.rollback()
         except DBAPIError as exc:
             raise BackfillError(
                 f"{self.spec.key}: the connection holding this worker's claim on range "

@@ -122,3 +122,36 @@ def test_no_transaction_is_held_between_batches(server_engine: Engine, workers: 
         assert built == ["built"]
     assert report.complete and report.rows_updated == ROWS
     assert new_values(engine, table) == expected(range(1, ROWS + 1))
+
+
+def test_a_claim_held_by_a_row_lock_survives_the_lease_check(
+    pg_schema_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the database has no session-level lock (the rules' fallback, played
+    here on PostgreSQL), a claim is the range's row locked in a transaction the
+    lease keeps open: the worker's look at its lease (every batch here) must
+    not end that transaction, or another process could take the range."""
+    import fourstep_sqla.runner as runner
+    from fourstep_sqla.dialects import PostgreSQLRules
+    from fourstep_sqla.state import ranges_table
+
+    engine = pg_schema_engine
+    monkeypatch.setattr(PostgreSQLRules, "try_lease", lambda self, conn, name: None)
+    monkeypatch.setattr(runner, "LEASE_CHECK_SECONDS", 0.0)
+    model = build(engine, "bfl_rowlock", rows=ROWS)
+    free: list[list[int]] = []
+
+    def look(progress: BackfillProgress) -> None:
+        if progress.batches == 3:
+            with engine.connect() as observer:
+                free.append(list(observer.execute(
+                    ranges_table.select().with_only_columns(ranges_table.c.range_no)
+                    .with_for_update(skip_locked=True)
+                ).scalars()))
+                observer.rollback()
+
+    report = backfill(engine, model.full_name, batch_size=10, target_ms=0, progress=look)
+    assert report.complete
+    (unlocked,) = free
+    assert 0 not in unlocked, unlocked  # the first range, being worked, stays claimed
+    assert new_values(engine, "bfl_rowlock") == expected(range(1, ROWS + 1))
