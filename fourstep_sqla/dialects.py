@@ -235,12 +235,14 @@ class DialectRules:
         targets: Sequence[Column[Any]],
         rows: Rows,
         where: Sequence[ColumnElement[bool]],
+        encoded: str | None = None,
     ) -> int:
         """``UPDATE table SET targets = ...`` for each row, matched on ``match``.
 
         Each row is ``(match values..., guard values..., target values...)``; a row
         is written only while its ``guard`` columns still hold the values given
         (compare-and-set, NULL-safe) and ``where`` holds. Returns rows written.
+        ``encoded``: :meth:`encode_rows` of exactly these ``rows``, made ahead.
         """
         n_match, n_guard = len(match), len(guard)
         match_params: list[Any] = [bindparam(f"k{i}") for i in range(n_match)]
@@ -264,6 +266,12 @@ class DialectRules:
         ]
         params = [dict(zip(names, row)) for row in rows]
         return int(conn.execute(stmt, params).rowcount)
+
+    def encode_rows(self, rows: Rows) -> str | None:
+        """``rows`` in the form :meth:`update_rows` sends them, where it encodes
+        them (None elsewhere, or when they do not encode): made on the read-ahead
+        thread, so that the encoding is off the write's critical path."""
+        return None
 
 
 #: ``conn.info`` keys of MariaDB/MySQL sessions: the batches' lock wait, and a
@@ -471,18 +479,14 @@ class PostgreSQLRules(DialectRules):
         targets: Sequence[Column[Any]],
         rows: Rows,
         where: Sequence[ColumnElement[bool]],
+        encoded: str | None = None,
     ) -> int:
         """One ``UPDATE ... FROM`` over the batch's rows, shipped as one document."""
         from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
         columns = [*match, *guard, *targets]
         names = [f"c{i}" for i in range(len(columns))]
-        try:
-            # one JSON document of arrays, parsed by the server: far cheaper to
-            # send than per-element array dumps, for the types JSON carries exactly
-            payload = json.dumps(rows, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError):
-            payload = None
+        payload = encoded if encoded is not None else self.encode_rows(rows)
         source: Any
         if payload is not None:
             elements = (
@@ -527,6 +531,15 @@ class PostgreSQLRules(DialectRules):
         # unnest() once per row of the range: hash the batch instead
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         return int(conn.execute(stmt).rowcount)
+
+    def encode_rows(self, rows: Rows) -> str | None:
+        """One JSON document of arrays, parsed by the server: far cheaper to send
+        than per-element array dumps, for the types JSON carries exactly (None for
+        the others, which go as arrays)."""
+        try:
+            return json.dumps(rows, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            return None
 
     def try_lease(self, conn: Connection, name: str) -> bool | None:
         """``pg_try_advisory_lock``, session level (in this database)."""

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
@@ -66,7 +67,9 @@ OnError = Literal["stop", "skip"]
 Key = tuple[Any, ...]
 #: rows computed in Python: what to write, and (key, error) of the rows that failed
 Computed = tuple[list[tuple[Any, ...]], list[tuple[Key, str]]]
-Prefetched = tuple[list[Any], Computed]
+#: a batch read and computed ahead: its rows, what to write, and that encoded
+#: for the wire where the dialect encodes it (``DialectRules.encode_rows``)
+Prefetched = tuple[list[Any], Computed, str | None]
 
 
 class Job:
@@ -332,8 +335,24 @@ class SQLRepair(SQLFill):
 
 
 # -- Python mode -----------------------------------------------------------------------
-def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
-    """A check that a Python value is stored exactly as it is, or None."""
+#: a check of one value: why it cannot be stored exactly, or None
+OneCheck = Callable[[Any], "str | None"]
+#: the same over a batch's values at once, in C loops: True when every value
+#: passes; False means "look row by row" (it may be a false alarm)
+EveryCheck = Callable[[list[Any]], bool]
+_NONE = type(None)
+
+
+def _types_within(allowed: frozenset[type]) -> EveryCheck:
+    def every(values: list[Any]) -> bool:
+        return set(map(type, values)) <= allowed
+
+    return every
+
+
+def _value_check(column: Column[Any]) -> tuple[OneCheck, EveryCheck | None] | None:
+    """A check that a Python value is stored exactly as it is, and its batch form
+    (None where there is none), or None when the column needs no check."""
     type_ = column.type
     name = column.name
     if isinstance(type_, (Enum, ARRAY, JSON, PickleType)):
@@ -351,7 +370,12 @@ def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
                 )
             return None
 
-        return text
+        def every_text(values: list[Any]) -> bool:
+            if not set(map(type, values)) <= {str, _NONE}:
+                return False
+            return length is None or max(map(len, filter(None, values)), default=0) <= length
+
+        return text, every_text
     if isinstance(type_, Boolean):
 
         def boolean(value: Any) -> str | None:
@@ -359,7 +383,7 @@ def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
                 return None
             return f"{value!r} ({type(value).__name__}) is not a boolean, for column {name}"
 
-        return boolean
+        return boolean, _types_within(frozenset({bool, _NONE}))
     if isinstance(type_, Integer):
 
         def integer(value: Any) -> str | None:
@@ -367,7 +391,7 @@ def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
                 return None
             return f"{value!r} ({type(value).__name__}) is not an integer, for column {name}"
 
-        return integer
+        return integer, _types_within(frozenset({int, _NONE}))
     if isinstance(type_, Float):
 
         def floating(value: Any) -> str | None:
@@ -375,7 +399,7 @@ def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
                 return None
             return f"{value!r} ({type(value).__name__}) is not a number, for column {name}"
 
-        return floating
+        return floating, _types_within(frozenset({int, float, _NONE}))
     if isinstance(type_, Numeric):
         precision, scale = type_.precision, type_.scale
 
@@ -397,7 +421,7 @@ def _value_check(column: Column[Any]) -> Callable[[Any], str | None] | None:
                     return f"{value!r} does not fit column {name} NUMERIC({precision}, {scale})"
             return None
 
-        return numeric
+        return numeric, None
     return None
 
 
@@ -417,7 +441,8 @@ class PythonFill(Job):
         spec = self.spec
         self.width = len(self.keys.columns)
         checks = [(i, _value_check(c)) for i, c in enumerate(spec.new_columns)]
-        self._checks = [(i, c) for i, c in checks if c is not None]
+        self._checks = [(i, c[0]) for i, c in checks if c is not None]
+        self._every = [(i, c[1]) for i, c in checks if c is not None]
         self._single_scalar = len(spec.new_columns) == 1 and _scalar(spec.new_columns[0])
 
     def pending(self, with_forward: bool = True) -> ColumnElement[bool]:
@@ -434,8 +459,8 @@ class PythonFill(Job):
             ).all()
         )
 
-    def _check(self, key: Key, values: Sequence[Any]) -> str | None:
-        for i, check in self._checks:
+    def _check(self, values: Sequence[Any], checks: list[tuple[int, OneCheck]]) -> str | None:
+        for i, check in checks:
             value = values[i]
             if value is not None:
                 reason = check(value)
@@ -490,22 +515,30 @@ class PythonFill(Job):
             writes = [(*row, *res) for row, res in zip(rows, results) if res != empty]
         if self._checks and writes:
             start = len(writes[0]) - n_new
-            kept = []
-            for write in writes:
-                reason = self._check(write[:width], write[start:])
-                if reason is None:
-                    kept.append(write)
-                else:
-                    failed.append((tuple(write[:width]), f"ValueError: {reason}"))
-            writes = kept
+            # the batch's values checked at once; row by row only the columns
+            # where that finds something (or that have no batch form)
+            slow = [
+                (i, check)
+                for (i, check), (_, every) in zip(self._checks, self._every)
+                if every is None or not every(list(map(itemgetter(start + i), writes)))
+            ]
+            if slow:
+                kept = []
+                for write in writes:
+                    reason = self._check(write[start:], slow)
+                    if reason is None:
+                        kept.append(write)
+                    else:
+                        failed.append((tuple(write[:width]), f"ValueError: {reason}"))
+                writes = kept
         return writes, failed
 
     def write(self, conn: Connection, writes: Sequence[tuple[Any, ...]], lower: Key | None,
-              hi: Key) -> int:
+              hi: Key, encoded: str | None = None) -> int:
         spec = self.spec
         return self.rules.update_rows(
             conn, self.table, self.keys.columns, spec.old_columns, spec.new_columns, writes,
-            [self.keys.between(lower, hi), self.pending()],
+            [self.keys.between(lower, hi), self.pending()], encoded,
         )
 
     def _write_finding_failures(
@@ -561,15 +594,17 @@ class PythonFill(Job):
         total_updated = 0
         skipped: list[Key] = []
         for _sweep in range(3):
+            encoded: str | None = None
             if prefetched is not None:
-                # read and computed while the previous batch was written; rows that
-                # changed since are refused by the compare-and-set and swept below
-                rows, (writes, failed) = prefetched
+                # read, computed and encoded while the previous batch was written; rows
+                # that changed since are refused by the compare-and-set and swept below
+                rows, (writes, failed), encoded = prefetched
                 prefetched = None
             else:
                 rows = self.read(conn, lower, hi)
                 writes, failed = self.compute(rows)
             if skipped:
+                encoded = None
                 rows = [r for r in rows if tuple(r[:width]) not in skipped]
                 writes = [w for w in writes if tuple(w[:width]) not in skipped]
                 failed = [f for f in failed if f[0] not in skipped]
@@ -587,7 +622,7 @@ class PythonFill(Job):
                 gone = {k for k, _ in refused}
                 writes = [w for w in writes if tuple(w[:width]) not in gone]
             else:
-                updated = self.write(conn, writes, lower, hi)
+                updated = self.write(conn, writes, lower, hi, encoded)
             self.last_write_seconds = time.monotonic() - write_started
             total_updated += updated
             if updated == len(writes):
@@ -703,7 +738,7 @@ class PythonRepair(PythonFill):
                 cause = exc.__cause__ or exc
                 failed.append((key, f"{type(cause).__name__}: {cause}"))
                 continue
-            reason = self._check(key, target)
+            reason = self._check(target, self._checks)
             if reason is not None:
                 failed.append((key, f"ValueError: {reason}"))
                 continue
@@ -711,11 +746,11 @@ class PythonRepair(PythonFill):
         return writes, failed
 
     def write(self, conn: Connection, writes: Sequence[tuple[Any, ...]], lower: Key | None,
-              hi: Key) -> int:
+              hi: Key, encoded: str | None = None) -> int:
         spec = self.spec
         return self.rules.update_rows(
             conn, self.table, self.keys.columns, [*spec.old_columns, *spec.new_columns],
-            spec.new_columns, writes, [self.keys.between(lower, hi)],
+            spec.new_columns, writes, [self.keys.between(lower, hi)], encoded,
         )
 
 class ReadAhead:
@@ -739,7 +774,10 @@ class ReadAhead:
             rows = self.job.read(self.conn, lower, hi)
         finally:
             self.conn.rollback()
-        return rows, self.job.compute(rows)
+        writes, failed = self.job.compute(rows)
+        # encoded here too: on the write's thread it would hold up the next write
+        encoded = self.job.rules.encode_rows(writes) if writes else None
+        return rows, (writes, failed), encoded
 
     def start(self, lower: Key | None, hi: Key, range_upper: Key) -> None:
         self.window = (lower, hi, range_upper)

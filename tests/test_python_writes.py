@@ -188,3 +188,53 @@ def test_an_enum_column_is_written(engine: Engine) -> None:
     with engine.connect() as conn:
         got = dict(conn.execute(select(Person.id, Person.mood)).all())
     assert got == {1: "happy", 2: "sad"}
+
+
+class Shout(str):
+    """Text of a subclass of str: stored as text, like any str."""
+
+
+def _odd(value: int) -> Any:
+    """What a careless transform returns for a few rows among thousands."""
+    if value == 1000:
+        return "x" * 11  # one character too many for String(10)
+    if value == 2000:
+        return 2000  # not text
+    if value == 3000:
+        return Shout("shout")  # text all the same
+    if value == 4000:
+        return None  # nothing to write
+    return f"v{value}"
+
+
+def test_checks_find_the_odd_values_of_a_large_batch(engine: Engine) -> None:
+    """The values of a batch are checked at once; the row-by-row checks run only
+    where that finds something, and still name exactly the rows that fail (on
+    SQLite, which stores any text whatever its declared length, only the checks
+    keep the too-long value out)."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = "pw_many"
+        id = mapped_column(Integer, primary_key=True, autoincrement=False)
+        number = mapped_column(Integer, nullable=True)
+        label = mapped_column(String(10), nullable=True)
+        code = phased(old="number", new="label", forward=Transform(_odd),
+                      backward=Transform(int), phase=Phase.STOP_READ_OLD)
+
+    Base.metadata.create_all(engine)
+    n = 5000
+    with engine.begin() as conn:
+        conn.execute(Item.__table__.insert(), [{"id": i, "number": i} for i in range(1, n + 1)])
+
+    # batches of 1,500 keys: the too-long text and the integer in batches of their own
+    report = backfill(engine, Item.code, on_error="skip", batch_size=1500, target_ms=0)
+
+    assert sorted(report.skipped_keys) == [(1000,), (2000,)]
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(Item.id, Item.label)).all())
+    expected = {i: f"v{i}" for i in range(1, n + 1)}
+    expected.update({1000: None, 2000: None, 3000: "shout", 4000: None})
+    assert got == expected
