@@ -1,6 +1,7 @@
 """Backfill over table shapes on PostgreSQL, each against one UPDATE of the same table.
 
-    .venv/bin/python benchmarks/shapes.py [--rows 1000000] [--workers 1,2,4] [--url URL]
+    .venv/bin/python benchmarks/shapes.py [--rows 1000000] [--workers 1,2,4] [--repeat 1]
+        [--shapes "integer key;..."] [--url URL]
 
 Issue 11: keys are walked in the order of the index that serves them, and
 partitioned tables are first class. For each shape a table of ``--rows`` rows
@@ -15,7 +16,10 @@ filled, ``VACUUM ANALYZE``) for every variant, in a schema of its own
   (the order the issue measured at 0.22x);
 - ``list partitions`` / ``range partitions``: the same key, partitioned on
   ``tenant`` in 4 partitions (the model declaring ``id`` first);
-- ``uuid key`` (random UUIDs) and ``text key`` (32 hex characters).
+- ``uuid key`` (random UUIDs) and ``text key`` (32 hex characters);
+- ``integer, fillfactor 50``: the integer key on a table whose pages are half
+  empty, so that an updated row's new version stays on its page (a HOT update:
+  no new index entry, no table growth), against one UPDATE of the same table.
 
 The baseline (1.00) is one ``UPDATE t SET email = upper(mail) WHERE email IS
 NULL`` on a fresh copy of the same shape, in this process (for the integer key
@@ -26,6 +30,10 @@ mode with ``upper``) is printed as rows/s over the baseline's rows/s. A
 writer thread on its own autocommit connection updates a random row through
 both places (``mail`` and ``email``) with a ~1 ms sleep while each variant
 works; its p50/p99 are over the writes that started during the variant.
+Each measured table is dropped at once, so that its dead row versions and
+dirty pages do not weigh on the next measurement. This machine's timings
+vary by up to 1.5x from run to run: ``--repeat 3`` runs every variant of a
+shape three times in turn and prints medians and the ratio's range.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import contextlib
 import logging
 import math
 import random
+import statistics
 import threading
 import time
 from typing import Any
@@ -52,6 +61,7 @@ PARTS = 4
 #: shape -> (key columns as the model declares them, partitioning or None)
 SHAPES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "integer key": (("id",), None),
+    "integer, fillfactor 50": (("id",), None),
     "composite (tenant, id)": (("tenant", "id"), None),
     "composite (id, tenant)": (("id", "tenant"), None),
     "list partitions": (("id", "tenant"), "list"),
@@ -75,7 +85,7 @@ def autocommit(engine: Engine, *statements: str, **params: Any) -> None:
 def build(engine: Engine, table: str, shape: str, rows: int) -> None:
     """``table`` of ``shape`` with ``rows`` pending rows, vacuumed and analyzed."""
     _declared, partitioning = SHAPES[shape]
-    if shape == "integer key":
+    if shape in ("integer key", "integer, fillfactor 50"):
         columns, key, values = "id integer NOT NULL", "id", "g"
     elif shape == "uuid key":
         columns, key, values = "uid uuid NOT NULL", "uid", "md5(g::text)::uuid"
@@ -84,8 +94,10 @@ def build(engine: Engine, table: str, shape: str, rows: int) -> None:
     else:
         columns, key = "id integer NOT NULL, tenant varchar(20) NOT NULL", "tenant, id"
         values = "g, 't' || lpad((g % 200)::text, 3, '0')"
-    names = key if shape in ("integer key", "uuid key", "text key") else "id, tenant"
+    names = "id, tenant" if shape.startswith("composite") or partitioning else key
     partition = f" PARTITION BY {partitioning.upper()} (tenant)" if partitioning else ""
+    if shape == "integer, fillfactor 50":
+        partition = " WITH (fillfactor = 50)"
     statements = [
         f"DROP TABLE IF EXISTS {table} CASCADE",
         f"CREATE TABLE {table} ({columns}, mail varchar(100), email varchar(100), "
@@ -212,12 +224,45 @@ def left(engine: Engine, table: str) -> int:
         )).scalar_one())
 
 
+def run_variant(engine: Engine, table: str, shape: str, rows: int, sleep_ms: float,
+                kind: str, workers: int) -> dict[str, Any]:
+    """One measurement on a fresh table, dropped afterwards (its dead row versions
+    and dirty pages would otherwise weigh on the next measurement)."""
+    build(engine, table, shape, rows)
+    model = make_model(table, shape) if kind == "backfill" else None
+
+    def work() -> Any:
+        if kind == "update":
+            autocommit(engine, f"UPDATE {table} SET email = upper(mail) WHERE email IS NULL")
+            return None
+        if kind == "halves":
+            two_sessions(engine, table, rows)
+            return None
+        assert model is not None
+        return backfill(engine, model.contact, workers=workers)
+
+    seconds, lat, report = measure(engine, table, shape, sleep_ms, work)
+    wrong = left(engine, table) if report is not None else 0
+    if report is not None and not report.complete:
+        wrong = wrong or -1
+    autocommit(engine, f"DROP TABLE {table} CASCADE")
+    return {
+        "seconds": seconds,
+        "p50": percentile(lat, 50) * 1e3,
+        "p99": percentile(lat, 99) * 1e3,
+        "batches": report.batches if report is not None else None,
+        "wrong": wrong,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--writer-sleep-ms", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over every variant of a shape (median and range printed)")
     parser.add_argument("--shapes", default=";".join(SHAPES),
                         help="shape names separated by semicolons (default: all)")
     args = parser.parse_args()
@@ -235,49 +280,51 @@ def main() -> None:
         print(f"fourstep backfill over table shapes on PostgreSQL {version}, {rows:,} rows "
               f"(ratio = backfill rows/s / one UPDATE's rows/s on the same shape)")
         print(f"writer: dual write of one random row, autocommit, {args.writer_sleep_ms:g} ms "
-              f"sleep between writes\n")
+              f"sleep between writes")
+        if args.repeat > 1:
+            print(f"{args.repeat} rounds, each over every variant in turn: seconds and the "
+                  f"writer's p50 / p99 are medians; [the ratio's range over the rounds, each "
+                  f"against the median UPDATE]")
+        print()
         header = (f"{'shape':22} {'variant':14} {'seconds':>8} {'rows/s':>10} {'ratio':>6}"
                   f"   writer p50 / p99 ms   batches")
         print(header)
         print("-" * len(header))
         for number, shape in enumerate(shapes):
-            table = f"s{number}_update"
-            build(engine, table, shape, rows)
-            seconds, lat, _ = measure(
-                engine, table, shape, args.writer_sleep_ms,
-                lambda t=table: autocommit(engine, f"UPDATE {t} SET email = upper(mail) "
-                                                   "WHERE email IS NULL"),
-            )
-            base = rows / seconds
-            print(f"{shape:22} {'one UPDATE':14} {seconds:8.2f} {base:10,.0f} {1.0:6.2f}"
-                  f"   {percentile(lat, 50) * 1e3:7.2f} / {percentile(lat, 99) * 1e3:7.2f}")
-            if shape == "integer key":
-                # PostgreSQL's own limit for two processes: the table's halves as two
-                # plain UPDATEs from two sessions at once, in 10,000-key statements
-                table = f"s{number}_halves"
-                build(engine, table, shape, rows)
-                seconds, lat, _ = measure(
-                    engine, table, shape, args.writer_sleep_ms,
-                    lambda t=table: two_sessions(engine, t, rows),
-                )
+            # one UPDATE first: the baseline; for the integer key also PostgreSQL's
+            # own limit for two processes, the table's halves as plain UPDATEs from
+            # two sessions at once, in 10,000-key statements
+            variants = [("one UPDATE", "update", 1)]
+            if shape.startswith("integer"):
+                variants.append(("2 sessions", "halves", 2))
+            variants += [(f"workers={n}", "backfill", n) for n in workers]
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+            for round_no in range(args.repeat):
+                for name, kind, n in variants:
+                    runs[name].append(run_variant(
+                        engine, f"s{number}_{kind}_{n}_r{round_no}", shape, rows,
+                        args.writer_sleep_ms,
+                        kind, n,
+                    ))
+            base = rows / statistics.median(r["seconds"] for r in runs["one UPDATE"])
+            for i, (name, kind, _n) in enumerate(variants):
+                done = runs[name]
+                seconds = statistics.median(r["seconds"] for r in done)
                 rate = rows / seconds
-                print(f"{'':22} {'2 sessions':14} {seconds:8.2f} {rate:10,.0f} "
-                      f"{rate / base:6.2f}   {percentile(lat, 50) * 1e3:7.2f} / "
-                      f"{percentile(lat, 99) * 1e3:7.2f}   (plain SQL, no fourstep)")
-            for n in workers:
-                table = f"s{number}_w{n}"
-                build(engine, table, shape, rows)
-                model = make_model(table, shape)
-                seconds, lat, report = measure(
-                    engine, table, shape, args.writer_sleep_ms,
-                    lambda m=model, w=n: backfill(engine, m.contact, workers=w),
-                )
-                wrong = left(engine, table)
-                flag = "" if report.complete and not wrong else f"  WRONG ({wrong} rows left)"
-                rate = rows / seconds
-                print(f"{'':22} {f'workers={n}':14} {seconds:8.2f} {rate:10,.0f} "
-                      f"{rate / base:6.2f}   {percentile(lat, 50) * 1e3:7.2f} / "
-                      f"{percentile(lat, 99) * 1e3:7.2f}   {report.batches:7}{flag}")
+                spread = ""
+                if len(done) > 1:
+                    ratios = sorted(rows / r["seconds"] / base for r in done)
+                    spread = f" [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
+                p50 = statistics.median(r["p50"] for r in done)
+                p99 = statistics.median(r["p99"] for r in done)
+                batches = done[-1]["batches"]
+                tail = "(plain SQL, no fourstep)" if kind == "halves" else (
+                    f"{batches:7}" if batches is not None else "")
+                wrong = [r["wrong"] for r in done if r["wrong"]]
+                if wrong:
+                    tail += f"  WRONG ({wrong[0]} rows left)"
+                print(f"{shape if i == 0 else '':22} {name:14} {seconds:8.2f} {rate:10,.0f} "
+                      f"{rate / base:6.2f}   {p50:7.2f} / {p99:7.2f}   {tail}{spread}")
     finally:
         engine.dispose()
         autocommit(admin, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
