@@ -448,6 +448,7 @@ def run_backfill(
             runner.read_ahead_engine = _engine_of(bind)
         finished = runner.already_complete(conn)
         if finished is not None:
+            runner.forget_written_skips(conn)  # nothing is pending: not even those
             report.run_id, report.complete = finished, True
             report.seconds = time.monotonic() - runner.started
             log.info("%s: run %s is complete and no row is pending", spec.key, finished)

@@ -703,6 +703,7 @@ class Runner:
             self.work_run(conn, engine, run_id, workers)
             if not self.ranges_done(conn, run_id):
                 return False  # the budget ran out, or ranges are held elsewhere
+            self.forget_written_skips(conn)
             if not self.left_behind(conn):
                 self.mark_complete(conn, run_id)
                 return True
@@ -753,6 +754,42 @@ class Runner:
         ).scalar_one()
         conn.rollback()
         return not left
+
+    def forget_written_skips(self, conn: Connection) -> None:
+        """Drop from ``fourstep_skipped`` the keys whose rows are no longer to
+        write: fixed at their source and backfilled by this run, written by the
+        application meanwhile, or deleted. A key still failing was recorded again
+        by this run; the rest stay. One look per 500 keys, by primary key."""
+        row_keys = list(conn.execute(
+            select(skipped_table.c.row_key).where(skipped_table.c.key == self.key)
+        ).scalars())
+        conn.rollback()
+        gone: list[str] = []
+        for start in range(0, len(row_keys), 500):
+            chunk = row_keys[start : start + 500]
+            # keys recorded in the model's order (see Job.settle)
+            keys = [self.keys.walk_key(decode_key(row_key)) for row_key in chunk]
+            found = conn.execute(
+                select(*self.keys.columns).where(
+                    or_(*(self.keys.equals(k) for k in keys)),
+                    self.job.pending(with_forward=False),
+                )
+            ).all()
+            conn.rollback()
+            # both sides encoded from values the database gave: compared as text
+            still = {encode_key(self.keys.declared_key(tuple(r))) for r in found}
+            gone += [row_key for row_key in chunk if row_key not in still]
+        for start in range(0, len(gone), 500):
+            conn.execute(
+                skipped_table.delete().where(
+                    skipped_table.c.key == self.key,
+                    skipped_table.c.row_key.in_(gone[start : start + 500]),
+                )
+            )
+            conn.commit()
+        if gone:
+            log.info("%s: %d skipped key(s) written since, no longer listed",
+                     self.spec.key, len(gone))
 
     def left_behind(self, conn: Connection) -> bool:
         """A row up to the call's bound is still pending, apart from skipped keys."""

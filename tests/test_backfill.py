@@ -884,6 +884,49 @@ class TestOnError:
         assert set(_skipped_rows(engine, world.state_key)) == {"[25]", "[26]", "[73]"}
         assert world.new_values() == expected
 
+    @by_mode
+    def test_rows_written_since_leave_the_skipped_list(self, engine: Engine, mode: str) -> None:
+        """A skipped key stays listed (and counted by ``fourstep status``) only while
+        its row is still to write: one fixed at its source and backfilled, or one
+        the application wrote meanwhile, is forgotten; one still failing stays."""
+        world, expected = self._world(engine, mode)
+        backfill(engine, world.attr, batch_size=10, target_ms=0, on_error="skip")
+        assert set(_skipped_rows(engine, world.state_key)) == {"[25]", "[26]", "[73]"}
+
+        shape, table = world.shape, world.table
+        key = world.key_cols[0]
+        good = ("Fixed25 Row25",) if mode == "python" else (str(25 * 13),)
+        written = ("By", "App") if mode == "python" else (73,)
+        with engine.begin() as conn:
+            conn.execute(table.update().where(key == 25).values(dict(zip(shape.old_cols, good))))
+            conn.execute(
+                table.update().where(key == 73).values(dict(zip(shape.new_cols, written)))
+            )
+        expected[(25,)] = ("Fixed25", "Row25") if mode == "python" else (25 * 13,)
+        expected[(73,)] = written
+
+        again = backfill(engine, world.attr, batch_size=10, target_ms=0, on_error="skip")
+
+        assert again.complete is True
+        assert again.rows_updated == 1
+        assert again.skipped_keys == [(26,)]
+        assert world.new_values() == expected
+        assert set(_skipped_rows(engine, world.state_key)) == {"[26]"}
+        state = read_state(engine, world.state_key)
+        assert state is not None and state.skipped == 1
+
+        # the last one written by the application: nothing is pending, and a run
+        # finds that with one look (its finished-run path), forgetting the key too
+        with engine.begin() as conn:
+            conn.execute(
+                table.update().where(key == 26).values(dict(zip(shape.new_cols, written)))
+            )
+        last = backfill(engine, world.attr, batch_size=10, target_ms=0, on_error="skip")
+        assert (last.complete, last.rows_updated, last.batches) == (True, 0, 0)
+        assert _skipped_rows(engine, world.state_key) == {}
+        state = read_state(engine, world.state_key)
+        assert state is not None and state.skipped == 0
+
     def test_bad_on_error_value(self, sqlite_engine: Engine) -> None:
         world = World.build(sqlite_engine, "bfe_onerr_arg", SPLIT)
         with pytest.raises(BackfillError, match="on_error"):
