@@ -154,6 +154,7 @@ class MigrationLocks:
         self._depth = 0
         self._state_ready = False
         self._deferred: list[tuple[str, Callable[[], None]]] = []
+        self._sqlite_revision = False
 
     # -- state the operations ask about ----------------------------------------------
     @property
@@ -192,6 +193,20 @@ class MigrationLocks:
                 f"SET LOCAL lock_timeout = '{int(self.policy.lock_timeout_ms)}ms'"
             )
 
+    def begin_sqlite(self) -> None:
+        """SQLite: the revision's statements in one transaction, as Alembic means
+        them to be. pysqlite begins a transaction only before INSERT, UPDATE and
+        DELETE, so each DDL statement before the first of those commits on its
+        own: a revision stopped midway (a killed deploy) would leave part of it
+        done, and its run again fail (``duplicate column name``, a leftover
+        ``_alembic_tmp_`` table). IMMEDIATE: the write lock from the start, as
+        the revision's first DDL statement would take it anyway."""
+        connection = self.connection
+        raw = connection.connection.driver_connection
+        if (raw is not None and not getattr(raw, "in_transaction", True)
+                and connection.in_transaction()):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     @contextmanager
     def committing(self) -> Iterator[None]:
         """Around an autocommit block: the revision's work so far is committed (it
@@ -204,11 +219,20 @@ class MigrationLocks:
             self._autocommit -= 1
         if self._in_revision and not self._autocommit:
             self.set_timeout()
+        if self._sqlite_revision and not self._autocommit:
+            self.begin_sqlite()  # the rest of the revision: a transaction again
 
     # -- one revision ------------------------------------------------------------------
     def run_revision(self, name: str, fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
         attempt = 0
         while True:
+            if self.dialect == "sqlite":
+                self._sqlite_revision = True
+                try:
+                    self.begin_sqlite()
+                    return self._once(fn, kw)
+                finally:
+                    self._sqlite_revision = False
             if not self.postgresql:
                 return self._once(fn, kw)
             connection = self.connection
