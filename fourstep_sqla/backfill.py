@@ -159,6 +159,8 @@ class BackfillProgress:
     key: str
     rows_updated: int
     batches: int
+    #: counted as the call starts, by one COUNT (in Python mode without running
+    #: the transform, so rows whose forward(old) is empty count too)
     rows_pending_at_start: int | None
     elapsed: float
     batch_size: int
@@ -459,7 +461,7 @@ def run_backfill(
             report.complete = True
             return report
         if progress is not None:
-            runner.pending_at_start = job.count_pending(conn, runner.call_bound)
+            runner.pending_at_start = job.progress_total(conn, runner.call_bound)
         report.complete = runner.run(conn, _engine_of(bind), run_id, 1 if alone else workers)
         if not report.complete:
             report.rows_left = job.count_pending(conn, runner.call_bound)

@@ -128,6 +128,12 @@ class Job:
         """Rows this job would still write (up to ``upper``), read-only."""
         raise NotImplementedError
 
+    def progress_total(self, conn: Connection, upper: Key | None = None) -> int:
+        """The rows pending when a run starts, for its progress (``progress=``):
+        counted before the first batch, so it must cost no pass of the transform
+        over the table. :meth:`count_pending` unless a job says otherwise."""
+        return self.count_pending(conn, upper)
+
     def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
         """Whether a row with a key up to ``upper`` is still pending after the
         ranges of a run are done, apart from the ``skipped`` keys; read-only,
@@ -634,6 +640,18 @@ class PythonFill(Job):
             )
         return total_updated, skipped
 
+    def progress_total(self, conn: Connection, upper: Key | None = None) -> int:
+        """One COUNT of the pending predicate, the transform not run: rows whose
+        ``forward(old)`` is empty (rare: the backfill leaves them alone) count
+        too, so the progress may end short of its total."""
+        bounded = [] if upper is None else [self.keys.between(None, upper)]
+        try:
+            return int(conn.execute(
+                select(func.count()).select_from(self.table).where(self.pending(), *bounded)
+            ).scalar_one())
+        finally:
+            conn.rollback()
+
     def count_pending(self, conn: Connection, upper: Key | None = None) -> int:
         """The pending rows read in key batches and the transform applied, so rows
         whose ``forward(old)`` is empty (which the backfill leaves alone) are not
@@ -698,6 +716,11 @@ class PythonRepair(PythonFill):
         if self.synced:
             return any_not_null([*spec.old_columns, *spec.new_columns])
         return any_not_null(spec.old_columns)
+
+    def progress_total(self, conn: Connection, upper: Key | None = None) -> int:
+        # the predicate is only the rows in scope: the places are compared in
+        # Python, so the total is that pass (as before: a repair's rows are few)
+        return self.count_pending(conn, upper)
 
     def read(self, conn: Connection, lower: Key | None, hi: Key) -> list[Any]:
         spec = self.spec

@@ -238,3 +238,45 @@ def test_checks_find_the_odd_values_of_a_large_batch(engine: Engine) -> None:
     expected = {i: f"v{i}" for i in range(1, n + 1)}
     expected.update({1000: None, 2000: None, 3000: "shout", 4000: None})
     assert got == expected
+
+
+def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
+    """With ``progress=`` (the command line always passes one) the rows pending
+    at the start are counted before the first batch: in Python mode by one COUNT
+    of the pending predicate, not by reading every row and running the
+    transform over the whole table (a pass as long as a good part of the
+    backfill itself, before its first batch, at every start and resume)."""
+    calls = [0]
+
+    def counted_split(name: str, /) -> tuple[str | None, str | None]:
+        calls[0] += 1
+        return split(name)
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "pw_progress"
+        id = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+        name = mapped_column(Text, nullable=True)
+        first_name = mapped_column(Text, nullable=True)
+        last_name = mapped_column(Text, nullable=True)
+        full_name = phased(old="name", new=("first_name", "last_name"),
+                           forward=Transform(counted_split), backward=Transform.join(" "),
+                           phase=Phase.STOP_READ_OLD)
+
+    Base.metadata.create_all(engine)
+    n = 300
+    with engine.begin() as conn:
+        conn.execute(User.__table__.insert(), [
+            {"id": i, "name": f"First{i} Last{i}"} for i in range(1, n + 1)])
+        conn.execute(User.__table__.insert(), [{"id": n + 1, "name": "Done Already",
+                                                "first_name": "Done", "last_name": "Already"}])
+    seen: list[Any] = []
+
+    report = backfill(engine, User.full_name, batch_size=100, target_ms=0,
+                      progress=seen.append)
+
+    assert report.complete and report.rows_updated == n
+    assert seen and all(p.rows_pending_at_start == n for p in seen)
+    assert calls[0] == n  # each pending row once, by its batch
