@@ -176,7 +176,9 @@ class BackfillReport:
     rows_updated: int = 0
     batches: int = 0
     seconds: float = 0.0
-    #: pending rows left, counted when the report is not complete
+    #: pending rows left, counted when the report is not complete: by one COUNT
+    #: (in Python mode without running the transform, so rows whose forward(old)
+    #: is empty count too); a dry run counts exactly
     rows_left: int = 0
     skipped_keys: list[Key] = field(default_factory=list)
     #: no row that existed when the call started is pending any more (rows the
@@ -464,7 +466,7 @@ def run_backfill(
             runner.pending_at_start = job.progress_total(conn, runner.call_bound)
         report.complete = runner.run(conn, _engine_of(bind), run_id, 1 if alone else workers)
         if not report.complete:
-            report.rows_left = job.count_pending(conn, runner.call_bound)
+            report.rows_left = job.progress_total(conn, runner.call_bound)
         report.seconds = time.monotonic() - runner.started
         log.info(
             "%s: %d rows in %d batches, %.2f s, %s",

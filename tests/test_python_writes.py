@@ -240,13 +240,8 @@ def test_checks_find_the_odd_values_of_a_large_batch(engine: Engine) -> None:
     assert got == expected
 
 
-def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
-    """With ``progress=`` (the command line always passes one) the rows pending
-    at the start are counted before the first batch: in Python mode by one COUNT
-    of the pending predicate, not by reading every row and running the
-    transform over the whole table (a pass as long as a good part of the
-    backfill itself, before its first batch, at every start and resume)."""
-    calls = [0]
+def _counted_model(table: str, calls: list[int]) -> Any:
+    """A split whose Python transform counts its calls."""
 
     def counted_split(name: str, /) -> tuple[str | None, str | None]:
         calls[0] += 1
@@ -256,7 +251,7 @@ def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
         pass
 
     class User(Base):
-        __tablename__ = "pw_progress"
+        __tablename__ = table
         id = mapped_column(BigInteger, primary_key=True, autoincrement=False)
         name = mapped_column(Text, nullable=True)
         first_name = mapped_column(Text, nullable=True)
@@ -265,18 +260,53 @@ def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
                            forward=Transform(counted_split), backward=Transform.join(" "),
                            phase=Phase.STOP_READ_OLD)
 
-    Base.metadata.create_all(engine)
+    return User
+
+
+def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
+    """With ``progress=`` (the command line always passes one) the rows pending
+    at the start are counted before the first batch: in Python mode by one COUNT
+    of the pending predicate, not by reading every row and running the
+    transform over the whole table (a pass as long as a good part of the
+    backfill itself, before its first batch, at every start and resume)."""
+    calls = [0]
+    user = _counted_model("pw_progress", calls)
+    user.metadata.create_all(engine)
     n = 300
     with engine.begin() as conn:
-        conn.execute(User.__table__.insert(), [
+        conn.execute(user.__table__.insert(), [
             {"id": i, "name": f"First{i} Last{i}"} for i in range(1, n + 1)])
-        conn.execute(User.__table__.insert(), [{"id": n + 1, "name": "Done Already",
+        conn.execute(user.__table__.insert(), [{"id": n + 1, "name": "Done Already",
                                                 "first_name": "Done", "last_name": "Already"}])
     seen: list[Any] = []
 
-    report = backfill(engine, User.full_name, batch_size=100, target_ms=0,
+    report = backfill(engine, user.full_name, batch_size=100, target_ms=0,
                       progress=seen.append)
 
     assert report.complete and report.rows_updated == n
     assert seen and all(p.rows_pending_at_start == n for p in seen)
     assert calls[0] == n  # each pending row once, by its batch
+
+
+def test_the_rows_left_when_the_budget_runs_out_do_not_run_the_transform(
+    engine: Engine,
+) -> None:
+    """A time budget that runs out: the rows left are counted by one COUNT, not
+    by a pass of the transform over them, which would overrun the budget by as
+    long as a good part of the backfill (a CI job with ``--max-seconds`` pays it
+    at every call)."""
+    calls = [0]
+    user = _counted_model("pw_budget", calls)
+    user.metadata.create_all(engine)
+    n = 3000
+    with engine.begin() as conn:
+        conn.execute(user.__table__.insert(), [
+            {"id": i, "name": f"First{i} Last{i}"} for i in range(1, n + 1)])
+
+    report = backfill(engine, user.full_name, batch_size=100, target_ms=0,
+                      max_seconds=0.0001)
+
+    assert not report.complete and report.budget_exhausted
+    assert report.rows_left == n - report.rows_updated
+    # the batches it wrote, and at most one read ahead
+    assert calls[0] <= report.rows_updated + 100, (calls, report)
