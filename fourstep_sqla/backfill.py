@@ -284,13 +284,17 @@ def _look(
 
 
 def pending_count(
-    bind: Engine | Connection, attribute_or_key: Any, *, repair: bool = False
+    bind: Engine | Connection, attribute_or_key: Any, *, repair: bool = False,
+    exact: bool = True,
 ) -> int:
     """Rows a backfill of ``attribute_or_key`` would still write (read-only).
 
     The same predicate the backfill uses: every new column NULL, some old
     column not NULL, and ``forward(old)`` not empty; with ``repair=True``, the
-    rows whose places disagree.
+    rows whose places disagree. A Python transform is run over every pending
+    row for the last clause: ``exact=False`` leaves it out (one COUNT, as
+    ``fourstep status`` takes it), counting rows whose ``forward(old)`` is
+    empty too.
     """
     spec = resolve(attribute_or_key)
     refuse_async(bind, "pending_count", spec.key)
@@ -299,10 +303,11 @@ def pending_count(
     job = _job(bind, spec, "stop", repair)
     if job is None:
         return 0
+    count = job.count_pending if exact else job.progress_total
     if isinstance(bind, Engine):
         with bind.connect() as conn:
-            return job.count_pending(conn)
-    return job.count_pending(bind)
+            return count(conn)
+    return count(bind)
 
 
 def _engine_of(bind: Engine | Connection) -> Engine:

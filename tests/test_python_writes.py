@@ -310,3 +310,22 @@ def test_the_rows_left_when_the_budget_runs_out_do_not_run_the_transform(
     assert report.rows_left == n - report.rows_updated
     # the batches it wrote, and at most one read ahead
     assert calls[0] <= report.rows_updated + 100, (calls, report)
+
+
+def test_status_counts_pending_rows_without_the_transform(engine: Engine) -> None:
+    """``pending_count(..., exact=False)``, what ``fourstep status`` shows: one
+    COUNT; the exact count runs the transform over every pending row."""
+    from fourstep_sqla.backfill import pending_count
+
+    calls = [0]
+    user = _counted_model("pw_status", calls)
+    user.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(user.__table__.insert(), [
+            {"id": i, "name": f"First{i} Last{i}"} for i in range(1, 201)])
+        conn.execute(user.__table__.insert(), [{"id": 201, "name": ""}])  # forward: empty
+
+    assert pending_count(engine, user.full_name, exact=False) == 201
+    assert calls[0] == 0
+    assert pending_count(engine, user.full_name) == 200
+    assert calls[0] == 201
