@@ -35,7 +35,9 @@ batches (``report.batch_seconds``), and the peak RSS of the SQL- and Python-mode
 children (their own ``ru_maxrss``, cross-checked with ``RUSAGE_CHILDREN``); a run
 stopped at about 10% and again at about 90% (as a kill leaves it), with the time
 each resumed call takes to its first batch (issue 11: flat from early to late),
-and a re-run of that run once finished. ``--rows 10000000`` runs on a 2-core,
+and a re-run of that run once finished; and the time a fresh call with
+``progress=`` (as the command line makes it) takes to its first progress
+report, in each mode. ``--rows 10000000`` runs on a 2-core,
 24 GiB machine in about 12 minutes.
 
 Targets (issue 3): SQL mode >= 0.95x the single UPDATE with writer p99 <= 10 ms;
@@ -422,6 +424,26 @@ def measure_resume(engine: Engine, rows: int) -> dict[str, float]:
     return found
 
 
+def measure_first_progress(engine: Engine, rows: int, mode: str) -> float:
+    """Seconds from a fresh call (with ``progress=``, as the command line makes
+    it) to its first progress report: the count of the pending rows plus one
+    batch. The run is stopped there."""
+    table = f"bf_first_{mode}"
+    fresh_copy(engine, table, rows)
+    model = make_model(table, mode)
+    seen: list[float] = []
+    started = time.perf_counter()
+
+    def callback(_progress: Any) -> None:
+        seen.append(time.perf_counter() - started)
+        raise _Stop
+
+    with contextlib.suppress(_Stop):
+        backfill(engine, model.full_name, progress=callback)
+    autocommit(engine, f"DROP TABLE {SCHEMA}.{table}")
+    return seen[0]
+
+
 # -- output --------------------------------------------------------------------------------
 def verdict(good: bool) -> str:
     return "ok" if good else "MISSED"
@@ -567,6 +589,12 @@ def main() -> None:
         print(
             f"re-run of that finished run: {resume['rerun_s']:.3f} s; of the first finished "
             f"one: {rerun_s:.3f} s"
+        )
+        first_sql, first_py = (measure_first_progress(engine, rows, m) for m in ("sql", "python"))
+        print(
+            f"a fresh call with progress=, time to its first progress report (the count of "
+            f"the pending rows, then one batch): SQL mode {first_sql * 1e3:.0f} ms, Python "
+            f"mode {first_py * 1e3:.0f} ms"
         )
 
         # batch durations, start vs end of the SQL-mode run
