@@ -34,8 +34,6 @@ recorded phase and the backfill run's status), with nothing left behind.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from test_migration_kills import (
+    CUT,
     Database,
     Databases,
     Scripts,
@@ -53,6 +52,7 @@ from test_migration_kills import (
     _scripts,
     _tail,
 )
+from test_migration_kills import Launcher as KillingLauncher
 
 ROWS = 200
 
@@ -67,74 +67,6 @@ WALK = [
     ("downgrade", "r01", "r02"),
     ("downgrade", "base", "r01"),
 ]
-
-CUT = "fourstep-cut-test:"
-
-# a child per command, as in test_migration_kills' launcher, that counts the writes it
-# sends and kills itself before the one it is told (0: never), saying which
-LAUNCHER = r"""
-import json, os, re, signal, sys, traceback
-
-import alembic.config
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-import fourstep_sqla.alembic  # noqa: F401
-try:
-    import psycopg  # noqa: F401
-    import sqlalchemy.dialects.postgresql  # noqa: F401
-except ImportError:
-    pass
-try:
-    import pymysql  # noqa: F401
-    import sqlalchemy.dialects.mysql  # noqa: F401
-except ImportError:
-    pass
-
-WRITE = re.compile(
-    r"^\s*(INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|TRUNCATE|LOCK|UNLOCK|RENAME|COMMENT)\b",
-    re.IGNORECASE,
-)
-
-for request in sys.stdin:
-    argv, cut_at = json.loads(request)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.dup2(write, 1)
-        os.dup2(write, 2)
-        os.close(write)
-        seen = [0]
-
-        @event.listens_for(Engine, "before_cursor_execute")
-        def cut(conn, cursor, statement, parameters, context, executemany):
-            if WRITE.match(statement):
-                seen[0] += 1
-                if not cut_at:
-                    print("CUT write", " ".join(statement.split())[:100], flush=True)
-                if seen[0] == cut_at:
-                    print("CUT before", seen[0], " ".join(statement.split())[:120], flush=True)
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        code = 0
-        try:
-            alembic.config.main(argv=argv, prog="alembic")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        print("CUT writes", seen[0], flush=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    os.close(write)
-    with os.fdopen(read, errors="replace") as output:
-        for line in output:
-            print("out", line.rstrip("\n"), flush=True)
-    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
-""".replace("CUT", CUT)
-
 
 @dataclass
 class Run:
@@ -157,23 +89,13 @@ class Run:
         return points
 
 
-class Launcher:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+class Launcher(KillingLauncher):
+    """test_migration_kills' launcher, asked to count and cut."""
 
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def alembic(self, ini: Path, verb: str, target: str, cut_at: int = 0) -> Run:
+    def cut(self, ini: Path, verb: str, target: str, cut_at: int = 0) -> Run:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps([["-c", str(ini), verb, target], cut_at]) + "\n")
+        asked = {"argv": ["-c", str(ini), verb, target], "cut_at": cut_at}
+        self.proc.stdin.write(json.dumps(asked) + "\n")
         self.proc.stdin.flush()
         lines: list[str] = []
         statements: list[str] = []
@@ -231,7 +153,7 @@ def test_a_revision_cut_before_any_write_runs_again_to_the_same_end(
     scripts = _scripts(dialect, databases.new, tmp_path)
     reference = databases.reference
     _build(reference, scripts, ROWS, start)
-    clean = launcher.alembic(reference.ini(scripts, tmp_path), verb, target)
+    clean = launcher.cut(reference.ini(scripts, tmp_path), verb, target)
     assert clean.returncode == 0, clean.output
     want = _end_state(reference)
     assert not _left_behind(reference)
@@ -244,8 +166,8 @@ def test_a_revision_cut_before_any_write_runs_again_to_the_same_end(
     for n in points:
         twin = _fresh(databases, scripts, f"cut{n}", start)
         ini = twin.ini(scripts, tmp_path)
-        cut = launcher.alembic(ini, verb, target, cut_at=n)
-        again = launcher.alembic(ini, verb, target)
+        cut = launcher.cut(ini, verb, target, cut_at=n)
+        again = launcher.cut(ini, verb, target)
         where = cut.cut or "not reached"
         line = f"  cut before write {n} ({where}); again: exit {again.returncode}"
         report.append(line)

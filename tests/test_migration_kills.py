@@ -484,12 +484,19 @@ def _differences(twin: Database, got: dict[str, Any], reference: Database,
 # ``alembic`` script calls) with the given arguments and exits: the child is the
 # process that gets SIGKILL. Starting the ``alembic`` script afresh costs about
 # 0.8 s of imports, some 70 times over in this file.
+CUT = "fourstep-cut-test:"
+
+# A request is the command's arguments, or {"argv": [...], "cut_at": n}: then the child
+# counts the statements it sends that write, says each one (n = 0) or sends itself
+# SIGKILL just before the n-th (test_migration_cuts), and says how many it sent.
 LAUNCHER = r"""
-import json, os, sys, traceback
+import json, os, re, signal, sys, traceback
 
 import alembic.config
 import fourstep_sqla.alembic  # noqa: F401
 import sqlalchemy.dialects.sqlite  # noqa: F401
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 try:
     import psycopg  # noqa: F401
     import sqlalchemy.dialects.postgresql  # noqa: F401
@@ -501,8 +508,27 @@ try:
 except ImportError:
     pass
 
+WRITE = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|TRUNCATE|LOCK|UNLOCK|RENAME|COMMENT)\b",
+    re.IGNORECASE,
+)
+
+
+def count_writes(cut_at, seen):
+    @event.listens_for(Engine, "before_cursor_execute")
+    def cut(conn, cursor, statement, parameters, context, executemany):
+        if WRITE.match(statement):
+            seen[0] += 1
+            if not cut_at:
+                print("CUT write", " ".join(statement.split())[:100], flush=True)
+            if seen[0] == cut_at:
+                print("CUT before", seen[0], " ".join(statement.split())[:120], flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 for request in sys.stdin:
-    argv = json.loads(request)
+    asked = json.loads(request)
+    argv, cut_at = (asked, None) if isinstance(asked, list) else (asked["argv"], asked["cut_at"])
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -510,6 +536,9 @@ for request in sys.stdin:
         os.dup2(write, 1)
         os.dup2(write, 2)
         os.close(write)
+        seen = [0]
+        if cut_at is not None:
+            count_writes(cut_at, seen)
         code = 0
         try:
             alembic.config.main(argv=argv, prog="alembic")
@@ -518,6 +547,8 @@ for request in sys.stdin:
         except BaseException:
             traceback.print_exc()
             code = 1
+        if cut_at is not None:
+            print("CUT writes", seen[0], flush=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -527,7 +558,7 @@ for request in sys.stdin:
         for line in output:
             print("out", line.rstrip("\n"), flush=True)
     print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
-"""
+""".replace("CUT", CUT)
 
 
 @dataclass

@@ -38,7 +38,8 @@ def split(name: str, /) -> tuple[str | None, str | None]:
     return first or None, last or None
 
 
-def split_model(table: str, old_type: Any = Text, new_type: Any = Text) -> Any:
+def split_model(table: str, old_type: Any = Text, new_type: Any = Text,
+                forward: Any = None) -> Any:
     class Base(DeclarativeBase):
         pass
 
@@ -49,7 +50,8 @@ def split_model(table: str, old_type: Any = Text, new_type: Any = Text) -> Any:
         first_name = mapped_column(new_type, nullable=True)
         last_name = mapped_column(new_type, nullable=True)
         full_name = phased(old="name", new=("first_name", "last_name"),
-                           forward=Transform(split), backward=Transform.join(" "),
+                           forward=forward if forward is not None else Transform(split),
+                           backward=Transform.join(" "),
                            phase=Phase.STOP_READ_OLD)
 
     return User
@@ -247,20 +249,7 @@ def _counted_model(table: str, calls: list[int]) -> Any:
         calls[0] += 1
         return split(name)
 
-    class Base(DeclarativeBase):
-        pass
-
-    class User(Base):
-        __tablename__ = table
-        id = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-        name = mapped_column(Text, nullable=True)
-        first_name = mapped_column(Text, nullable=True)
-        last_name = mapped_column(Text, nullable=True)
-        full_name = phased(old="name", new=("first_name", "last_name"),
-                           forward=Transform(counted_split), backward=Transform.join(" "),
-                           phase=Phase.STOP_READ_OLD)
-
-    return User
+    return split_model(table, forward=Transform(counted_split))
 
 
 def test_the_progress_total_does_not_run_the_transform(engine: Engine) -> None:
