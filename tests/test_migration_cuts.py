@@ -256,3 +256,86 @@ def test_a_revision_failing_midway_on_sqlite_leaves_nothing_of_it(
         versions = (conn.execute(text("SELECT version_num FROM alembic_version")).all()
                     if insp.has_table("alembic_version") else [])
     assert versions == []
+
+
+INDEX_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "r01"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.add_column("t", sa.Column("b", sa.Integer))
+    op.create_index("ix_t_b", "t", ["b"])
+    op.create_index("ix_t_ab", "t", ["a", "b"], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_t_ab", table_name="t")
+    op.drop_index("ix_t_b", table_name="t")
+    op.drop_column("t", "b")
+'''
+
+
+@pytest.mark.mysql
+def test_a_revision_stopped_after_an_index_runs_again_on_mariadb(
+    mysql_db_engine: Engine, tmp_path: Path
+) -> None:
+    """MariaDB commits each DDL statement at once: a revision that adds a column
+    with an index (what autogenerate writes for ``index=True`` on a new column),
+    stopped after its CREATE INDEX, runs again over it; so does its downgrade
+    stopped after its first DROP INDEX. An index of that name on other columns
+    is not taken for it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    engine = mysql_db_engine
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER)"))
+    scripts = tmp_path / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(SQLITE_ENV.replace("PER_MIGRATION", "True"))
+    (scripts / "script.py.mako").write_text("")
+    (scripts / "versions" / "r01.py").write_text(INDEX_REVISION)
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+    config.set_main_option("sqlalchemy.url",
+                           engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+
+    def indexes() -> dict[str, tuple[list[str], bool]]:
+        engine.dispose()
+        return {i["name"]: (list(i["column_names"]), bool(i["unique"]))
+                for i in inspect(engine).get_indexes("t")}
+
+    def version() -> list[str]:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return []
+            return [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+
+    # the upgrade stopped after both CREATE INDEXes, before alembic_version
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE t ADD COLUMN b INTEGER"))
+        conn.execute(text("CREATE INDEX ix_t_b ON t (b)"))
+        conn.execute(text("CREATE UNIQUE INDEX ix_t_ab ON t (a, b)"))
+    command.upgrade(config, "head")
+    assert version() == ["r01"]
+    assert indexes() == {"ix_t_b": (["b"], False), "ix_t_ab": (["a", "b"], True)}
+
+    # the downgrade stopped after its first DROP INDEX
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_t_ab ON t"))
+    command.downgrade(config, "base")
+    assert version() == []
+    assert indexes() == {}
+    assert [c["name"] for c in inspect(engine).get_columns("t")] == ["id", "a"]
+
+    # an index of that name on other columns is a conflict, not the revision's work
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE t ADD COLUMN b INTEGER"))
+        conn.execute(text("CREATE INDEX ix_t_b ON t (a)"))
+    with pytest.raises(Exception, match="ix_t_b"):
+        command.upgrade(config, "head")

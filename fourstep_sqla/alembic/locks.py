@@ -39,7 +39,14 @@ MariaDB/MySQL
     default) and each operation is retried on its own. A revision stopped
     midway runs again from its start over what it did: Alembic's
     ``add_column`` and ``drop_column`` skip a column added or dropped already,
-    as the library's own operations skip what is done.
+    ``create_index`` and ``drop_index`` an index made (the same columns and
+    uniqueness) or dropped already, as the library's own operations skip what
+    is done.
+
+SQLite
+    pysqlite begins a transaction only before DML, so a revision's DDL would
+    commit statement by statement: each revision begins one (``BEGIN
+    IMMEDIATE``), and again after each autocommit block.
 
 Drop gates first
     ``op.drop_old`` runs its gate (a scan) at once but leaves its DDL for
@@ -550,15 +557,20 @@ def _run_migrations(self: MigrationContext, **kw: Any) -> None:
 
 
 def _applied_already(operations: Operations, operation: MigrateOperation) -> bool:
-    """MariaDB/MySQL: whether Alembic's ``add_column`` / ``drop_column`` is done
-    already. DDL commits at once there, so a revision stopped midway (a killed
-    process, a failed statement) runs again from its start over what it did:
-    those two are skipped then, as the library's own operations skip what is done."""
+    """MariaDB/MySQL: whether Alembic's ``add_column`` / ``drop_column`` /
+    ``create_index`` / ``drop_index`` is done already. DDL commits at once there,
+    so a revision stopped midway (a killed process, a failed statement) runs
+    again from its start over what it did: those are skipped then, as the
+    library's own operations skip what is done. An index is taken for done only
+    with the same columns and uniqueness: another index of that name fails as
+    it would."""
     from alembic.operations import ops as alembic_ops
     from sqlalchemy import inspect
 
     if operations.get_context().as_sql:
         return False
+    if isinstance(operation, (alembic_ops.CreateIndexOp, alembic_ops.DropIndexOp)):
+        return _index_applied_already(operations, operation)
     if isinstance(operation, alembic_ops.AddColumnOp):
         name, wanted = operation.column.name, True
     elif isinstance(operation, alembic_ops.DropColumnOp):
@@ -573,6 +585,37 @@ def _applied_already(operations: Operations, operation: MigrateOperation) -> boo
     log.info("%s.%s is %s already (this revision ran before, up to there): skipped",
              operation.table_name, name, "added" if wanted else "dropped")
     return True
+
+
+def _index_applied_already(operations: Operations, operation: MigrateOperation) -> bool:
+    from alembic.operations import ops as alembic_ops
+    from sqlalchemy import inspect
+
+    assert isinstance(operation, (alembic_ops.CreateIndexOp, alembic_ops.DropIndexOp))
+    table_name = operation.table_name
+    if table_name is None:
+        return False
+    found = {
+        i["name"]: i
+        for i in inspect(operations.get_bind()).get_indexes(table_name, schema=operation.schema)
+    }
+    name = str(operation.index_name)
+    if isinstance(operation, alembic_ops.DropIndexOp):
+        done, what = name not in found, "dropped"
+    else:
+        columns = [c if isinstance(c, str) else None for c in operation.columns]
+        there = found.get(name)
+        done = (
+            there is not None
+            and None not in columns
+            and list(there["column_names"]) == columns
+            and bool(there["unique"]) == bool(operation.unique)
+        )
+        what = "created"
+    if done:
+        log.info("index %s of %s is %s already (this revision ran before, up to there): "
+                 "skipped", name, table_name, what)
+    return done
 
 
 @contextmanager
