@@ -339,3 +339,72 @@ def test_a_revision_stopped_after_an_index_runs_again_on_mariadb(
         conn.execute(text("CREATE INDEX ix_t_b ON t (a)"))
     with pytest.raises(Exception, match="ix_t_b"):
         command.upgrade(config, "head")
+
+
+PRAGMA_ENV = '''
+from alembic import context
+from sqlalchemy import create_engine, event
+
+import fourstep_sqla.alembic  # noqa: F401
+
+engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+
+
+@event.listens_for(engine, "connect")
+def enforce(dbapi_connection, _record):
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=None,
+                      transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+'''
+
+PRAGMA_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "r01"
+down_revision = None
+
+
+def upgrade() -> None:
+    # the recipe for batch operations on a table others refer to: a PRAGMA that
+    # takes effect only outside a transaction, first thing in the revision
+    op.execute("PRAGMA foreign_keys=OFF")
+    enforced = op.get_bind().exec_driver_sql("PRAGMA foreign_keys").scalar()
+    op.add_column("t", sa.Column("b", sa.Integer))
+    op.execute(f"INSERT INTO seen (enforced) VALUES ({int(enforced)})")
+'''
+
+
+def test_a_pragma_first_in_a_sqlite_revision_still_takes_effect(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """The revision's transaction begins at its first write, not before: a
+    ``PRAGMA foreign_keys=OFF`` it runs first (Alembic's recipe for batch
+    operations) still takes effect, as it did before revisions were made one
+    transaction; inside a transaction SQLite ignores it without a word."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    with sqlite_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER)"))
+        conn.execute(text("CREATE TABLE seen (enforced INTEGER)"))
+    scripts = tmp_path / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(PRAGMA_ENV)
+    (scripts / "script.py.mako").write_text("")
+    (scripts / "versions" / "r01.py").write_text(PRAGMA_REVISION)
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+    config.set_main_option("sqlalchemy.url", str(sqlite_engine.url))
+
+    command.upgrade(config, "head")
+
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(text("SELECT enforced FROM seen")).scalars().all() == [0]

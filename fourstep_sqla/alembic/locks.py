@@ -45,8 +45,9 @@ MariaDB/MySQL
 
 SQLite
     pysqlite begins a transaction only before DML, so a revision's DDL would
-    commit statement by statement: each revision begins one (``BEGIN
-    IMMEDIATE``), and again after each autocommit block.
+    commit statement by statement: the revision's first write begins one
+    (``BEGIN IMMEDIATE``), and so does its first write after each autocommit
+    block.
 
 Drop gates first
     ``op.drop_old`` runs its gate (a scan) at once but leaves its DDL for
@@ -76,6 +77,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -85,7 +87,7 @@ from weakref import WeakKeyDictionary
 
 from alembic.operations import MigrateOperation, Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError
 
 from ..ddl import (
@@ -106,6 +108,12 @@ _GUARDS: WeakKeyDictionary[MigrationContext, MigrationLocks] = WeakKeyDictionary
 _SAVEPOINT = "fourstep_revision"
 #: how often a run waiting for another one says so
 _WAIT_LOG_SECONDS = 10.0
+
+
+#: what begins a SQLite revision's transaction: a statement that writes
+_WRITE = re.compile(
+    r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|TRUNCATE|RENAME)\b", re.IGNORECASE
+)
 
 
 def lock_policy(opts: Any) -> LockPolicy:
@@ -200,19 +208,22 @@ class MigrationLocks:
                 f"SET LOCAL lock_timeout = '{int(self.policy.lock_timeout_ms)}ms'"
             )
 
-    def begin_sqlite(self) -> None:
-        """SQLite: the revision's statements in one transaction, as Alembic means
-        them to be. pysqlite begins a transaction only before INSERT, UPDATE and
-        DELETE, so each DDL statement before the first of those commits on its
-        own: a revision stopped midway (a killed deploy) would leave part of it
-        done, and its run again fail (``duplicate column name``, a leftover
-        ``_alembic_tmp_`` table). IMMEDIATE: the write lock from the start, as
-        the revision's first DDL statement would take it anyway."""
-        connection = self.connection
-        raw = connection.connection.driver_connection
-        if (raw is not None and not getattr(raw, "in_transaction", True)
-                and connection.in_transaction()):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin_sqlite(self, conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
+        """SQLite, before each statement of a revision: its first write begins
+        the revision's transaction, as Alembic means it to be one. pysqlite
+        begins a transaction only before INSERT, UPDATE and DELETE, so each DDL
+        statement before the first of those committed on its own: a revision
+        stopped midway (a killed deploy) left part of it done, and its run again
+        failed (``duplicate column name``, a leftover ``_alembic_tmp_`` table).
+        At the first write, not before: a ``PRAGMA foreign_keys=OFF`` the
+        revision runs first (which SQLite ignores inside a transaction) still
+        takes effect, and the database's writers wait from the revision's first
+        write on, as they did. IMMEDIATE: that write takes the write lock anyway."""
+        if not self._sqlite_revision or self._autocommit or not _WRITE.match(statement):
+            return
+        raw = conn.connection.driver_connection
+        if raw is not None and not getattr(raw, "in_transaction", True) and conn.in_transaction():
+            cursor.execute("BEGIN IMMEDIATE")
 
     @contextmanager
     def committing(self) -> Iterator[None]:
@@ -226,20 +237,20 @@ class MigrationLocks:
             self._autocommit -= 1
         if self._in_revision and not self._autocommit:
             self.set_timeout()
-        if self._sqlite_revision and not self._autocommit:
-            self.begin_sqlite()  # the rest of the revision: a transaction again
 
     # -- one revision ------------------------------------------------------------------
     def run_revision(self, name: str, fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
         attempt = 0
         while True:
             if self.dialect == "sqlite":
+                connection = self.connection
                 self._sqlite_revision = True
+                event.listen(connection, "before_cursor_execute", self._begin_sqlite)
                 try:
-                    self.begin_sqlite()
                     return self._once(fn, kw)
                 finally:
                     self._sqlite_revision = False
+                    event.remove(connection, "before_cursor_execute", self._begin_sqlite)
             if not self.postgresql:
                 return self._once(fn, kw)
             connection = self.connection
