@@ -134,6 +134,13 @@ class Job:
         over the table. :meth:`count_pending` unless a job says otherwise."""
         return self.count_pending(conn, upper)
 
+    def _count(self, conn: Connection, pending: ColumnElement[bool], upper: Key | None) -> int:
+        """One ``COUNT`` of the rows where ``pending`` holds, up to ``upper``."""
+        bounded = [] if upper is None else [self.keys.between(None, upper)]
+        return int(conn.execute(
+            select(func.count()).select_from(self.table).where(pending, *bounded)
+        ).scalar_one())
+
     def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
         """Whether a row with a key up to ``upper`` is still pending after the
         ranges of a run are done, apart from the ``skipped`` keys; read-only,
@@ -273,19 +280,15 @@ class SQLFill(Job):
     def count_pending(self, conn: Connection, upper: Key | None = None) -> int:
         """One COUNT; if the transform fails on some row, rows are counted without
         evaluating it."""
-        bounded = [] if upper is None else [self.keys.between(None, upper)]
-        statement = select(func.count()).select_from(self.table)
         try:
-            value = conn.execute(statement.where(self.pending(), *bounded)).scalar_one()
+            value = self._count(conn, self.pending(), upper)
         except DBAPIError as exc:
             if not self.rules.is_data_error(exc):
                 raise
             conn.rollback()
-            value = conn.execute(
-                statement.where(self.pending(with_forward=False), *bounded)
-            ).scalar_one()
+            value = self._count(conn, self.pending(with_forward=False), upper)
         conn.rollback()
-        return int(value)
+        return value
 
     def left_behind(self, conn: Connection, upper: Key, skipped: set[Key]) -> bool:
         bounded = self.keys.between(None, upper)
@@ -644,11 +647,8 @@ class PythonFill(Job):
         """One COUNT of the pending predicate, the transform not run: rows whose
         ``forward(old)`` is empty (rare: the backfill leaves them alone) count
         too, so the progress may end short of its total."""
-        bounded = [] if upper is None else [self.keys.between(None, upper)]
         try:
-            return int(conn.execute(
-                select(func.count()).select_from(self.table).where(self.pending(), *bounded)
-            ).scalar_one())
+            return self._count(conn, self.pending(), upper)
         finally:
             conn.rollback()
 

@@ -703,8 +703,7 @@ class Runner:
             self.work_run(conn, engine, run_id, workers)
             if not self.ranges_done(conn, run_id):
                 return False  # the budget ran out, or ranges are held elsewhere
-            self.forget_written_skips(conn)
-            if not self.left_behind(conn):
+            if not self.left_behind(conn, self.forget_written_skips(conn)):
                 self.mark_complete(conn, run_id)
                 return True
             if not self.budget_left():
@@ -755,11 +754,12 @@ class Runner:
         conn.rollback()
         return not left
 
-    def forget_written_skips(self, conn: Connection) -> None:
+    def forget_written_skips(self, conn: Connection) -> list[str]:
         """Drop from ``fourstep_skipped`` the keys whose rows are no longer to
         write: fixed at their source and backfilled by this run, written by the
         application meanwhile, or deleted. A key still failing was recorded again
-        by this run; the rest stay. One look per 500 keys, by primary key."""
+        by this run; the rest stay, and are returned (as recorded). One look per
+        500 keys, by primary key."""
         row_keys = list(conn.execute(
             select(skipped_table.c.row_key).where(skipped_table.c.key == self.key)
         ).scalars())
@@ -790,17 +790,16 @@ class Runner:
         if gone:
             log.info("%s: %d skipped key(s) written since, no longer listed",
                      self.spec.key, len(gone))
+        dropped = set(gone)
+        return [row_key for row_key in row_keys if row_key not in dropped]
 
-    def left_behind(self, conn: Connection) -> bool:
-        """A row up to the call's bound is still pending, apart from skipped keys."""
+    def left_behind(self, conn: Connection, skipped_keys: list[str]) -> bool:
+        """A row up to the call's bound is still pending, apart from the skipped
+        keys (``fourstep_skipped``'s, as :meth:`forget_written_skips` left them)."""
         if self.call_bound is None or not self.job.checks_left_behind:
             return False
-        rows = conn.execute(
-            select(skipped_table.c.row_key).where(skipped_table.c.key == self.key)
-        ).scalars().all()
-        conn.rollback()
         # recorded in the model's key order (see Job.settle)
-        skipped = {self.keys.walk_key(decode_key(row_key)) for row_key in rows}
+        skipped = {self.keys.walk_key(decode_key(row_key)) for row_key in skipped_keys}
         return self.job.left_behind(conn, self.call_bound, skipped)
 
     def mark_complete(self, conn: Connection, run_id: str) -> None:

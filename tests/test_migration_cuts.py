@@ -37,6 +37,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -188,13 +189,14 @@ def test_a_revision_cut_before_any_write_runs_again_to_the_same_end(
     assert not failures, "\n".join([report[0], *failures])
 
 
-SQLITE_ENV = '''
+ONE_REVISION_ENV = '''
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
 import fourstep_sqla.alembic  # noqa: F401
 
 engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+ON_CONNECT
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=None,
                       transaction_per_migration=PER_MIGRATION)
@@ -202,6 +204,25 @@ with engine.connect() as connection:
         context.run_migrations()
 engine.dispose()
 '''
+
+
+def _one_revision(tmp_path: Path, engine: Engine, revision: str, *,
+                  per_migration: bool = True, on_connect: str = "") -> Any:
+    """An Alembic project of one revision ``r01`` on ``engine``'s database; its Config."""
+    from alembic.config import Config
+
+    scripts = tmp_path / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(ONE_REVISION_ENV.replace("PER_MIGRATION", str(per_migration))
+                                    .replace("ON_CONNECT", on_connect))
+    (scripts / "script.py.mako").write_text("")
+    (scripts / "versions" / "r01.py").write_text(revision)
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+    config.set_main_option("sqlalchemy.url",
+                           engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return config
+
 
 FAILING_REVISION = '''
 import sqlalchemy as sa
@@ -229,20 +250,13 @@ def test_a_revision_failing_midway_on_sqlite_leaves_nothing_of_it(
     left its first columns behind and its run again failed on them. Each
     revision is now one transaction on SQLite too, as Alembic means it to be."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import inspect, text
 
     with sqlite_engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER)"))
         conn.execute(text("INSERT INTO t (id, a) VALUES (1, 10), (2, 20)"))
-    scripts = tmp_path / "migrations"
-    (scripts / "versions").mkdir(parents=True)
-    (scripts / "env.py").write_text(SQLITE_ENV.replace("PER_MIGRATION", str(per_migration)))
-    (scripts / "script.py.mako").write_text("")
-    (scripts / "versions" / "r01.py").write_text(FAILING_REVISION)
-    config = Config()
-    config.set_main_option("script_location", str(scripts))
-    config.set_main_option("sqlalchemy.url", str(sqlite_engine.url))
+    config = _one_revision(tmp_path, sqlite_engine, FAILING_REVISION,
+                           per_migration=per_migration)
 
     with pytest.raises(RuntimeError, match="the deploy dies here"):
         command.upgrade(config, "head")
@@ -289,21 +303,12 @@ def test_a_revision_stopped_after_an_index_runs_again_on_mariadb(
     stopped after its first DROP INDEX. An index of that name on other columns
     is not taken for it."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import inspect, text
 
     engine = mysql_db_engine
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER)"))
-    scripts = tmp_path / "migrations"
-    (scripts / "versions").mkdir(parents=True)
-    (scripts / "env.py").write_text(SQLITE_ENV.replace("PER_MIGRATION", "True"))
-    (scripts / "script.py.mako").write_text("")
-    (scripts / "versions" / "r01.py").write_text(INDEX_REVISION)
-    config = Config()
-    config.set_main_option("script_location", str(scripts))
-    config.set_main_option("sqlalchemy.url",
-                           engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    config = _one_revision(tmp_path, engine, INDEX_REVISION)
 
     def indexes() -> dict[str, tuple[list[str], bool]]:
         engine.dispose()
@@ -341,26 +346,13 @@ def test_a_revision_stopped_after_an_index_runs_again_on_mariadb(
         command.upgrade(config, "head")
 
 
-PRAGMA_ENV = '''
-from alembic import context
-from sqlalchemy import create_engine, event
-
-import fourstep_sqla.alembic  # noqa: F401
-
-engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
-
+#: SQLite enforcing foreign keys on every connection, as applications set it up
+ENFORCE_FOREIGN_KEYS = '''
 
 @event.listens_for(engine, "connect")
 def enforce(dbapi_connection, _record):
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
-
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None,
-                      transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
 '''
 
 PRAGMA_REVISION = '''
@@ -389,20 +381,13 @@ def test_a_pragma_first_in_a_sqlite_revision_still_takes_effect(
     operations) still takes effect, as it did before revisions were made one
     transaction; inside a transaction SQLite ignores it without a word."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     with sqlite_engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER)"))
         conn.execute(text("CREATE TABLE seen (enforced INTEGER)"))
-    scripts = tmp_path / "migrations"
-    (scripts / "versions").mkdir(parents=True)
-    (scripts / "env.py").write_text(PRAGMA_ENV)
-    (scripts / "script.py.mako").write_text("")
-    (scripts / "versions" / "r01.py").write_text(PRAGMA_REVISION)
-    config = Config()
-    config.set_main_option("script_location", str(scripts))
-    config.set_main_option("sqlalchemy.url", str(sqlite_engine.url))
+    config = _one_revision(tmp_path, sqlite_engine, PRAGMA_REVISION,
+                           on_connect=ENFORCE_FOREIGN_KEYS)
 
     command.upgrade(config, "head")
 

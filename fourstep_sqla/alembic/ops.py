@@ -781,9 +781,11 @@ def _home_quoted(dialect: Any, schema: str | None, name: str) -> str:
 
 
 def _clear_batch_copy(operations: Operations, table_name: str) -> None:
-    """SQLite: the copy a batch operation killed midway left behind (outside a
-    transaction pysqlite runs DDL one statement at a time) would fail every
-    later run with "table _alembic_tmp_... already exists"."""
+    """SQLite: the copy a batch operation killed midway left behind would fail
+    every later run with "table _alembic_tmp_... already exists". A revision is
+    one transaction now (alembic/locks.py), so a kill leaves no copy; this
+    clears one left by a run before that (pysqlite ran the DDL before a
+    revision's first DML one statement at a time), or outside the guard."""
     if operations.get_context().as_sql:
         return
     from sqlalchemy import inspect
